@@ -1,0 +1,1 @@
+//! controller: placement, the cluster map, membership and failover as a pure state machine.

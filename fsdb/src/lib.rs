@@ -1,0 +1,1 @@
+//! fsdb: tandem's persistence. Memory-mapped partition logs and immutable chunk files.

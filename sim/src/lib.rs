@@ -1,0 +1,1 @@
+//! sim: `tandem sim`, the sizing calibration and the failure simulator.

@@ -1,1 +1,5 @@
 //! store: one node's in-memory data (partitions, series, compressed chunks) and the PromQL engine.
+
+pub mod source;
+
+pub use source::{Labels, MatchOp, Matcher, SeriesData, Source};

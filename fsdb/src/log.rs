@@ -595,3 +595,255 @@ impl<'a> Iterator for LogReader<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemBackend;
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 16384,
+            record_bytes_max: 8192,
+        }
+    }
+
+    fn render(log: &PartitionLog) -> String {
+        let recs: Vec<String> = match log.read_from(log.first_lsn()) {
+            Ok(it) => it
+                .map(|r| match r {
+                    Ok(r) => format!(
+                        "{}:{}:{}",
+                        r.lsn,
+                        r.term,
+                        String::from_utf8_lossy(r.payload)
+                    ),
+                    Err(e) => format!("ERR {e}"),
+                })
+                .collect(),
+            Err(e) => vec![format!("ERR {e}")],
+        };
+        let hist: Vec<String> = log
+            .history
+            .iter()
+            .map(|(t, l)| format!("{t}@{l}"))
+            .collect();
+        format!(
+            "first={} last={} term={} segs={} hist=[{}] recs=[{}]",
+            log.first_lsn(),
+            log.last_lsn(),
+            log.last_term(),
+            log.segment_count(),
+            hist.join(" "),
+            recs.join(" ")
+        )
+    }
+
+    /// Runs a script of log operations (one per `;`) and compares the final state, or the
+    /// first error, with `expected`.
+    fn check(script: &str, expected: &str) {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/7");
+        let open = || PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        let mut log = open();
+        for op in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let w: Vec<&str> = op.split_whitespace().collect();
+            let n = |i: usize| w[i].parse::<u64>().unwrap();
+            let r = match w[0] {
+                "append" => {
+                    let size = w.get(3).map_or(0, |s| s.parse::<usize>().unwrap());
+                    let mut p = w[2].as_bytes().to_vec();
+                    p.resize(p.len().max(size), b'.');
+                    log.append(Term(n(1)), &p).map(|_| ())
+                }
+                "append_at" => log.append_at(Lsn(n(1)), Term(n(2)), w[3].as_bytes()),
+                "truncate" => log.truncate_after(Lsn(n(1))),
+                "trim" => log.trim_before(Lsn(n(1))),
+                "reset" => log.reset(Lsn(n(1)), Term(n(2))),
+                "sync" => log.sync(),
+                "reopen" => {
+                    drop(log);
+                    log = open();
+                    Ok(())
+                }
+                "crash" => {
+                    drop(log);
+                    backend.crash();
+                    log = open();
+                    Ok(())
+                }
+                "read" => log.read_from(Lsn(n(1))).map(|_| ()),
+                other => panic!("unknown op {other}"),
+            };
+            if let Err(e) = r {
+                assert_eq!(format!("error: {e}"), expected, "script: {script}");
+                return;
+            }
+        }
+        assert_eq!(render(&log), expected, "script: {script}");
+    }
+
+    #[test]
+    fn scripts() {
+        check("", "first=1 last=0 term=0 segs=1 hist=[] recs=[]");
+        check(
+            "append 1 a; append 1 b; append 2 c",
+            "first=1 last=3 term=2 segs=1 hist=[1@1 2@3] recs=[1:1:a 2:1:b 3:2:c]",
+        );
+        check(
+            "append 2 a; append 1 b",
+            "error: term regressed in log /p/7: last term 2, got 1",
+        );
+        check(
+            "append 1 a; append_at 3 1 c",
+            "error: lsn gap in log /p/7: expected 2, got 3",
+        );
+        check(
+            "append_at 1 1 a; append_at 2 3 b",
+            "first=1 last=2 term=3 segs=1 hist=[1@1 3@2] recs=[1:1:a 2:3:b]",
+        );
+        check(
+            "append 1 a; read 3",
+            "error: lsn 3 is beyond the end of log /p/7: last is 1",
+        );
+        // Unsynced records survive a process kill (the page cache), not a power cut.
+        check(
+            "append 1 a; sync; append 1 b; reopen",
+            "first=1 last=2 term=1 segs=1 hist=[1@1] recs=[1:1:a 2:1:b]",
+        );
+        check(
+            "append 1 a; sync; append 2 b; crash",
+            "first=1 last=1 term=1 segs=1 hist=[1@1] recs=[1:1:a]",
+        );
+        check(
+            "append 1 a; append 2 b; append 2 c; truncate 1; reopen",
+            "first=1 last=1 term=1 segs=1 hist=[1@1] recs=[1:1:a]",
+        );
+        check(
+            "append 1 a; append 2 b; sync; truncate 1; crash; append 3 x",
+            "first=1 last=2 term=3 segs=1 hist=[1@1 3@2] recs=[1:1:a 2:3:x]",
+        );
+        check(
+            "append 1 a; truncate 0",
+            "first=1 last=0 term=0 segs=1 hist=[] recs=[]",
+        );
+        check(
+            "reset 50 4; append 4 a; reopen",
+            "first=50 last=50 term=4 segs=1 hist=[4@50] recs=[50:4:a]",
+        );
+        check(
+            "append 1 a; reset 50 4; crash",
+            "first=50 last=49 term=4 segs=1 hist=[4@50] recs=[]",
+        );
+        check(
+            "reset 50 4; append 5 a; truncate 49; reopen",
+            "first=50 last=49 term=4 segs=1 hist=[4@50] recs=[]",
+        );
+        check(
+            "reset 50 4; read 49",
+            "error: lsn 49 trimmed away from log /p/7: first retained is 50",
+        );
+        check(
+            "reset 50 4; truncate 10",
+            "error: lsn 10 trimmed away from log /p/7: first retained is 50",
+        );
+        check(
+            "append 1 x 2000; append 1 x 2000; append 2 x 1; append 3 y 3000; append 3 z 5000",
+            "first=1 last=5 term=3 segs=3 hist=[1@1 2@3 3@4] recs=[1:1:x 2:1:x 3:2:x 4:3:y 5:3:z]"
+                .replace("1:1:x ", &format!("1:1:x{} ", ".".repeat(1999)))
+                .replace("2:1:x ", &format!("2:1:x{} ", ".".repeat(1999)))
+                .replace("4:3:y ", &format!("4:3:y{} ", ".".repeat(2999)))
+                .replace("5:3:z]", &format!("5:3:z{}]", ".".repeat(4999)))
+                .as_str(),
+        );
+        check(
+            "append 1 x 9000",
+            "error: record of 9000 bytes exceeds the limit of 8192 bytes",
+        );
+    }
+
+    #[test]
+    fn history_survives_trim_and_reopen() {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/1");
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        for term in 1..=4 {
+            log.append(Term(term), &[b'x'; 3000]).unwrap();
+        }
+        // Segments of 4 KiB (record 1), 8 KiB (records 2-3), 16 KiB (record 4).
+        assert_eq!(log.segment_count(), 3);
+        log.trim_before(Lsn(4)).unwrap();
+        assert_eq!(log.first_lsn(), Lsn(4));
+        let full = vec![
+            (Term(1), Lsn(1)),
+            (Term(2), Lsn(2)),
+            (Term(3), Lsn(3)),
+            (Term(4), Lsn(4)),
+        ];
+        assert_eq!(log.term_history(), &full[..]);
+        assert!(matches!(
+            log.read_from(Lsn(3)),
+            Err(Error::TrimmedAway { .. })
+        ));
+        drop(log);
+        let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!(log.term_history(), &full[..]);
+        assert_eq!(log.first_lsn(), Lsn(4));
+        assert_eq!(backend.paths().len(), 1);
+    }
+
+    #[test]
+    fn segments_start_small_and_double() {
+        let backend = Arc::new(MemBackend::new());
+        let config = LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 32768,
+            record_bytes_max: 1000,
+        };
+        let mut log = PartitionLog::open(backend, Path::new("/d"), config).unwrap();
+        assert_eq!(log.disk_bytes(), 4096);
+        let sizes = |log: &PartitionLog| -> Vec<usize> {
+            log.segments.iter().map(|s| s.map.bytes().len()).collect()
+        };
+        for _ in 0..200 {
+            log.append(Term(1), &[7u8; 1000]).unwrap();
+        }
+        let s = sizes(&log);
+        assert_eq!(&s[..4], &[4096, 8192, 16384, 32768]);
+        assert!(s[4..].iter().all(|&x| x == 32768));
+        assert_eq!(log.disk_bytes(), s.iter().sum::<usize>() as u64);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = [
+            LogConfig {
+                segment_bytes_min: 1000,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                segment_bytes_max: 1 << 10,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                record_bytes_max: 64 << 20,
+                ..LogConfig::default()
+            },
+        ];
+        for config in bad {
+            let r = PartitionLog::open(Arc::new(MemBackend::new()), Path::new("/d"), config);
+            assert!(matches!(r, Err(Error::InvalidConfig(_))));
+        }
+    }
+
+    #[test]
+    fn segment_names_parse() {
+        assert_eq!(parse_segment_name(&segment_name(3, Lsn(77))), Some((3, 77)));
+        assert_eq!(
+            parse_segment_name("0000000000000001-0000000000000001.seg.tmp"),
+            None
+        );
+        assert_eq!(parse_segment_name("zz-1.seg"), None);
+    }
+}

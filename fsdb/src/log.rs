@@ -235,10 +235,10 @@ impl PartitionLog {
                 let reason = bad.unwrap_or("zero bytes inside the synced region");
                 return Err(self.corrupted(&seg.name, pos, reason));
             }
-            if bad.is_some() {
-                Self::zero_tail(&mut seg, pos)?;
-                cut = true;
-            }
+            // Behind the end there may be the rest of a torn record whose first sector was
+            // lost: zero it as well.
+            Self::zero_tail(&mut seg, pos)?;
+            cut |= bad.is_some();
             seg.end = pos;
             self.segments.push(seg);
         }

@@ -566,10 +566,10 @@ mod tests {
         build(&backend, "c.chunk", &chunks);
         let path = Path::new(DIR).join("c.chunk");
         let original = backend.read(&path).unwrap();
-        for at in 0..original.len() {
+        for (at, &byte) in original.iter().enumerate() {
             let backend = MemBackend::new();
             build(&backend, "c.chunk", &chunks);
-            backend.poke(&path, at, &[original[at] ^ 0x20]);
+            backend.poke(&path, at, &[byte ^ 0x20]);
             let file = match ChunkFile::open(&backend, &path) {
                 Err(e) => {
                     assert!(e.is_corruption(), "byte {at}: {e}");

@@ -775,7 +775,7 @@ mod tests {
         assert_eq!(log.segment_count(), 3);
         log.trim_before(Lsn(4)).unwrap();
         assert_eq!(log.first_lsn(), Lsn(4));
-        let full = vec![
+        let full = [
             (Term(1), Lsn(1)),
             (Term(2), Lsn(2)),
             (Term(3), Lsn(3)),

@@ -155,7 +155,7 @@ fn run(ops: &[Op]) {
                 if lsn > m.records.len() as u64 + 1 {
                     assert!(matches!(r, Err(Error::BeyondEnd { .. })));
                 } else {
-                    let n = r.unwrap().map(|r| r.unwrap()).count() as u64;
+                    let n = r.unwrap().inspect(|r| assert!(r.is_ok())).count() as u64;
                     assert_eq!(n, m.records.len() as u64 + 1 - lsn);
                 }
                 if log.first_lsn().0 > 1 {

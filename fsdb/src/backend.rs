@@ -29,7 +29,8 @@ pub trait Backend: Send + Sync {
     /// Names of the regular files in `dir`, sorted.
     fn list_dir(&self, dir: &Path) -> Result<Vec<String>>;
     /// Creates a new file of exactly `len` zero bytes, allocated on disk up front (a full disk
-    /// is `Error::NoSpace` here, never a fault later), durable, and maps it writable.
+    /// is `Error::NoSpace` here, never a fault later), and maps it writable. The allocation is
+    /// durable; the name is durable once the file is renamed (fsdb always renames it).
     fn create_mapped(&self, path: &Path, len: u64) -> Result<Box<dyn MapMut>>;
     /// Maps an existing file writable.
     fn open_mapped(&self, path: &Path) -> Result<Box<dyn MapMut>>;

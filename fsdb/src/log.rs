@@ -472,6 +472,11 @@ impl PartitionLog {
     /// Replaces the log by an empty one that continues at `next_lsn`, after `term` (used after
     /// a full copy from the peer). Durable when it returns.
     pub fn reset(&mut self, next_lsn: Lsn, term: Term) -> Result<()> {
+        if next_lsn.0 > u64::MAX / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "next lsn {next_lsn} out of range"
+            )));
+        }
         let next_lsn = Lsn(next_lsn.0.max(1));
         self.gen += 1;
         let terms = vec![(term, next_lsn)];
@@ -761,6 +766,10 @@ mod tests {
             "append 1 x 9000",
             "error: record of 9000 bytes exceeds the limit of 8192 bytes",
         );
+        check(
+            "reset 18446744073709551615 1",
+            "error: invalid argument: next lsn 18446744073709551615 out of range",
+        );
     }
 
     #[test]
@@ -835,6 +844,13 @@ mod tests {
             let r = PartitionLog::open(Arc::new(MemBackend::new()), Path::new("/d"), config);
             assert!(matches!(r, Err(Error::InvalidConfig(_))));
         }
+    }
+
+    #[test]
+    fn log_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PartitionLog>();
+        send_sync::<crate::ChunkFile>();
     }
 
     #[test]

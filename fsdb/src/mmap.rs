@@ -127,8 +127,9 @@ impl Backend for MmapBackend {
             let _ = fs::remove_file(path);
             return Err(e);
         }
+        // The allocation is made durable here; the name becomes durable with the rename that
+        // follows every creation (one directory fsync instead of two).
         file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
-        sync_parent(path)?;
         map_rw(&file, path)
     }
 

@@ -14,7 +14,7 @@ fn idle_partitions_hold_no_fds_and_64_kib_each() {
     let tmp = tempfile::tempdir().unwrap();
     let before = open_fds();
     let mut logs = Vec::new();
-    for p in 0..200 {
+    for p in 0..100 {
         let dir = tmp.path().join(format!("p{p}"));
         let mut log =
             PartitionLog::open(Arc::new(MmapBackend), &dir, LogConfig::default()).unwrap();
@@ -28,5 +28,5 @@ fn idle_partitions_hold_no_fds_and_64_kib_each() {
         open_fds()
     );
     let disk: u64 = logs.iter().map(|l| l.disk_bytes()).sum();
-    assert_eq!(disk, 200 * 64 * 1024);
+    assert_eq!(disk, 100 * 64 * 1024);
 }

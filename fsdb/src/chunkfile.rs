@@ -379,11 +379,12 @@ impl ChunkFile {
 
     /// The bytes of a chunk, after verifying its CRC; a mismatch is `Error::Corrupted`.
     pub fn chunk_data(&self, meta: &ChunkMeta<'_>) -> Result<&[u8]> {
-        let start = meta.offset as usize;
+        let start = usize::try_from(meta.offset).unwrap_or(usize::MAX);
+        let end = start.saturating_add(meta.len as usize);
         let data = self
             .map
             .bytes()
-            .get(start..start + meta.len as usize)
+            .get(start..end)
             .ok_or_else(|| corrupted(&self.path, start, "chunk outside the file".into()))?;
         if crc32c::crc32c(data) != meta.crc {
             return Err(corrupted(
@@ -591,6 +592,40 @@ mod tests {
                 }
             }
             assert!(caught || (68..72).contains(&at), "byte {at} undetected");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Arbitrary bytes, or a valid file with a run of bytes overwritten, never panic the
+        /// reader and never make it serve bytes that were not written.
+        #[test]
+        fn arbitrary_damage_never_panics_or_serves_wrong_bytes(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            whole_file in proptest::prelude::any::<bool>(),
+        ) {
+            let backend = MemBackend::new();
+            let chunks = [("cpu", 0, 9), ("cpu", 10, 19), ("mem", 5, 7)];
+            build(&backend, "g.chunk", &chunks);
+            let path = Path::new(DIR).join("g.chunk");
+            if whole_file {
+                backend.write_file(&path, &garbage).unwrap();
+            } else {
+                let len = backend.read(&path).unwrap().len();
+                let at = at.index(len);
+                let n = garbage.len().min(len - at);
+                backend.poke(&path, at, &garbage[..n]);
+            }
+            if let Ok(file) = ChunkFile::open(&backend, &path) {
+                for m in file.chunks() {
+                    let key = std::str::from_utf8(m.series_key).unwrap_or("?").to_string();
+                    if let Ok(data) = file.chunk_data(&m) {
+                        proptest::prop_assert_eq!(data, &chunk_bytes(&key, m.min_ts)[..]);
+                    }
+                }
+            }
         }
     }
 

@@ -175,7 +175,11 @@ impl PartitionLog {
         let map = self.backend.open_mapped(&self.dir.join(&name))?;
         let bytes = map.bytes();
         let header = SegmentHeader::decode(bytes).map_err(|r| self.corrupted(&name, 0, r))?;
-        if header.gen != gen || header.base_lsn != base || header.segment_len != bytes.len() as u64
+        if header.gen != gen
+            || header.base_lsn != base
+            || header.base_lsn.0 == 0
+            || header.base_lsn.0 > u64::MAX / 2
+            || header.segment_len != bytes.len() as u64
         {
             return Err(self.corrupted(&name, 0, "header does not match file name or size"));
         }

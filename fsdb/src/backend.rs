@@ -19,6 +19,9 @@ pub trait MapMut: Send + Sync {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `offset..offset + len` durable (msync).
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()>;
+    /// Hint: `offset..offset + len` is about to be written (lets the real backend fault the
+    /// pages in with one call instead of one trap per page). Best effort.
+    fn prepare_write(&mut self, _offset: usize, _len: usize) {}
 }
 
 /// File-system operations fsdb needs. Implementations: [`crate::MmapBackend`] (real files)

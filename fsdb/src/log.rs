@@ -12,6 +12,9 @@ use crate::segment::{
 };
 use crate::{Error, Lsn, Result, Term};
 
+/// Pages are faulted in ahead of the appends in steps of this many bytes.
+const PREPARE_BYTES: usize = 1 << 20;
+
 /// Sizes of a partition log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
@@ -78,6 +81,8 @@ struct Segment {
     /// Bytes before this were msynced and recorded in the watermark.
     synced_end: usize,
     wm_seq: u64,
+    /// Pages before this were prepared for writing (see `MapMut::prepare_write`).
+    prepared_end: usize,
 }
 
 /// A partition's log. See the crate's `FORMAT.md` for the layout and recovery rules.
@@ -196,6 +201,7 @@ impl PartitionLog {
             end: DATA_START,
             synced_end: wm_end,
             wm_seq,
+            prepared_end: 0,
         })
     }
 
@@ -299,6 +305,7 @@ impl PartitionLog {
             end: DATA_START,
             synced_end: DATA_START,
             wm_seq: 1,
+            prepared_end: 0,
         })
     }
 
@@ -343,6 +350,12 @@ impl PartitionLog {
         }
         let seg = self.segments.last_mut().expect("a log has a segment");
         let at = seg.end;
+        if at + frame_len > seg.prepared_end {
+            let from = seg.prepared_end.max(at) & !(PREPARE_BYTES - 1);
+            let to = (at + frame_len + PREPARE_BYTES - 1) & !(PREPARE_BYTES - 1);
+            seg.map.prepare_write(from, to - from);
+            seg.prepared_end = to;
+        }
         seg.end += write_frame(&mut seg.map.bytes_mut()[at..], lsn, term, payload);
         observe(&mut self.history, term, lsn);
         self.last_lsn = lsn;

@@ -42,6 +42,14 @@ impl MapMut for RwMap {
             .flush_range(offset, len)
             .map_err(|e| Error::io("msync", "<mapped segment>", e))
     }
+    fn prepare_write(&mut self, offset: usize, len: usize) {
+        let len = len.min(self.map.len().saturating_sub(offset));
+        // Kernels before 5.14 lack MADV_POPULATE_WRITE: the pages then fault in one by one.
+        #[cfg(target_os = "linux")]
+        let _ = self
+            .map
+            .advise_range(memmap2::Advice::PopulateWrite, offset, len);
+    }
 }
 
 fn sync_parent(path: &Path) -> Result<()> {

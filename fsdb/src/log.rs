@@ -8,12 +8,9 @@ use std::sync::Arc;
 use crate::backend::{Backend, MapMut};
 use crate::segment::{
     decode_watermark, encode_watermark, frame_len_at, read_frame, write_frame, Frame,
-    SegmentHeader, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
+    SegmentHeader, Watermark, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
 };
 use crate::{Error, Lsn, Result, Term};
-
-/// Pages are faulted in ahead of the appends in steps of this many bytes.
-const PREPARE_BYTES: usize = 1 << 20;
 
 /// Sizes of a partition log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +21,10 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// Largest record payload.
     pub record_bytes_max: u64,
+    /// Appends reserve a segment in steps of this many bytes (a power of two >= 4096): each
+    /// step msyncs the segment header once and faults the pages in; recovery zeroes stale
+    /// bytes at most this far past the records.
+    pub write_ahead_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -32,6 +33,7 @@ impl Default for LogConfig {
             segment_bytes_min: 64 << 10,
             segment_bytes_max: 64 << 20,
             record_bytes_max: 16 << 20,
+            write_ahead_bytes: 8 << 20,
         }
     }
 }
@@ -52,6 +54,12 @@ impl LogConfig {
             return bad(format!(
                 "segment_bytes_max {} must be a power of two in segment_bytes_min..=4 GiB",
                 self.segment_bytes_max
+            ));
+        }
+        if self.write_ahead_bytes < 4096 || !self.write_ahead_bytes.is_power_of_two() {
+            return bad(format!(
+                "write_ahead_bytes {} must be a power of two >= 4096",
+                self.write_ahead_bytes
             ));
         }
         if self.record_bytes_max + (DATA_START + FRAME_HEADER) as u64 > self.segment_bytes_max {
@@ -81,8 +89,38 @@ struct Segment {
     /// Bytes before this were msynced and recorded in the watermark.
     synced_end: usize,
     wm_seq: u64,
-    /// Pages before this were prepared for writing (see `MapMut::prepare_write`).
-    prepared_end: usize,
+    /// Nothing at or after this offset was written; raised (and msynced) before appending past it.
+    write_limit: usize,
+}
+
+impl Segment {
+    /// Writes the next watermark slot and makes it durable.
+    fn write_watermark(&mut self) -> Result<()> {
+        self.wm_seq += 1;
+        let wm = Watermark {
+            seq: self.wm_seq,
+            synced_end: self.synced_end as u64,
+            write_limit: self.write_limit as u64,
+        };
+        encode_watermark(self.map.bytes_mut(), wm);
+        self.map.sync_range(WM_OFFSET, WM_LEN)
+    }
+
+    /// Lets appends write up to `need`: msyncs a write limit of at least `need` (rounded up
+    /// to `step`) before any byte lands past the old one, so that recovery knows how far
+    /// stale bytes can reach.
+    fn reserve(&mut self, need: usize, step: usize) -> Result<()> {
+        let len = self.map.bytes().len();
+        let limit = need.div_ceil(step).saturating_mul(step).min(len);
+        let old = self.write_limit;
+        self.write_limit = limit;
+        if let Err(e) = self.write_watermark() {
+            self.write_limit = old;
+            return Err(e);
+        }
+        self.map.prepare_write(old, limit - old);
+        Ok(())
+    }
 }
 
 /// A partition's log. See the crate's `FORMAT.md` for the layout and recovery rules.
@@ -188,10 +226,11 @@ impl PartitionLog {
         {
             return Err(self.corrupted(&name, 0, "header does not match file name or size"));
         }
-        let (wm_seq, wm_end) = decode_watermark(bytes)
+        let wm = decode_watermark(bytes)
             .ok_or_else(|| self.corrupted(&name, WM_OFFSET, "both watermark slots invalid"))?;
-        let wm_end = usize::try_from(wm_end).unwrap_or(usize::MAX);
-        if wm_end < DATA_START || wm_end > bytes.len() {
+        let wm_end = usize::try_from(wm.synced_end).unwrap_or(usize::MAX);
+        let limit = usize::try_from(wm.write_limit).unwrap_or(usize::MAX);
+        if wm_end < DATA_START || wm_end > limit || limit > bytes.len() {
             return Err(self.corrupted(&name, WM_OFFSET, "watermark outside the segment"));
         }
         Ok(Segment {
@@ -200,8 +239,8 @@ impl PartitionLog {
             header,
             end: DATA_START,
             synced_end: wm_end,
-            wm_seq,
-            prepared_end: 0,
+            wm_seq: wm.seq,
+            write_limit: limit,
         })
     }
 
@@ -262,7 +301,8 @@ impl PartitionLog {
     /// behind it can never be taken for records after later appends.
     fn zero_tail(seg: &mut Segment, pos: usize) -> Result<()> {
         let bytes = seg.map.bytes();
-        let Some(last) = bytes[pos..].iter().rposition(|&b| b != 0) else {
+        let limit = seg.write_limit.max(pos);
+        let Some(last) = bytes[pos..limit].iter().rposition(|&b| b != 0) else {
             return Ok(());
         };
         seg.map.bytes_mut()[pos..=pos + last].fill(0);
@@ -286,10 +326,16 @@ impl PartitionLog {
             segment_len: size,
             terms,
         };
+        let step = self.config.write_ahead_bytes as usize;
+        let wm = Watermark {
+            seq: 1,
+            synced_end: DATA_START as u64,
+            write_limit: step.min(size as usize) as u64,
+        };
         let mut map = self.backend.create_mapped(&tmp, size)?;
         let made = (|| {
             header.encode(map.bytes_mut());
-            encode_watermark(map.bytes_mut(), 1, DATA_START as u64);
+            encode_watermark(map.bytes_mut(), wm);
             map.sync_range(0, DATA_START)?;
             self.backend.rename(&tmp, &path)
         })();
@@ -298,6 +344,7 @@ impl PartitionLog {
             let _ = self.backend.remove_file(&tmp);
             return Err(e);
         }
+        map.prepare_write(DATA_START, wm.write_limit as usize - DATA_START);
         Ok(Segment {
             name,
             map,
@@ -305,7 +352,7 @@ impl PartitionLog {
             end: DATA_START,
             synced_end: DATA_START,
             wm_seq: 1,
-            prepared_end: 0,
+            write_limit: wm.write_limit as usize,
         })
     }
 
@@ -350,11 +397,8 @@ impl PartitionLog {
         }
         let seg = self.segments.last_mut().expect("a log has a segment");
         let at = seg.end;
-        if at + frame_len > seg.prepared_end {
-            let from = seg.prepared_end.max(at) & !(PREPARE_BYTES - 1);
-            let to = (at + frame_len + PREPARE_BYTES - 1) & !(PREPARE_BYTES - 1);
-            seg.map.prepare_write(from, to - from);
-            seg.prepared_end = to;
+        if at + frame_len > seg.write_limit {
+            seg.reserve(at + frame_len, self.config.write_ahead_bytes as usize)?;
         }
         seg.end += write_frame(&mut seg.map.bytes_mut()[at..], lsn, term, payload);
         observe(&mut self.history, term, lsn);
@@ -457,10 +501,8 @@ impl PartitionLog {
         let old_end = seg.end;
         // Lower the watermark first: a crash before the zeroes land leaves the old records,
         // valid and after the watermark, never zeroes inside the synced region.
-        seg.wm_seq += 1;
         seg.synced_end = seg.synced_end.min(pos);
-        encode_watermark(seg.map.bytes_mut(), seg.wm_seq, seg.synced_end as u64);
-        seg.map.sync_range(WM_OFFSET, WM_LEN)?;
+        seg.write_watermark()?;
         seg.map.bytes_mut()[pos..old_end].fill(0);
         seg.map.sync_range(pos, old_end - pos)?;
         seg.end = pos;
@@ -548,10 +590,12 @@ impl PartitionLog {
             }
             seg.map
                 .sync_range(seg.synced_end, seg.end - seg.synced_end)?;
-            seg.wm_seq += 1;
-            encode_watermark(seg.map.bytes_mut(), seg.wm_seq, seg.end as u64);
-            seg.map.sync_range(WM_OFFSET, WM_LEN)?;
+            let old = seg.synced_end;
             seg.synced_end = seg.end;
+            if let Err(e) = seg.write_watermark() {
+                seg.synced_end = old;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -628,6 +672,7 @@ mod tests {
             segment_bytes_min: 4096,
             segment_bytes_max: 16384,
             record_bytes_max: 8192,
+            write_ahead_bytes: 4096,
         }
     }
 
@@ -826,6 +871,7 @@ mod tests {
             segment_bytes_min: 4096,
             segment_bytes_max: 32768,
             record_bytes_max: 1000,
+            write_ahead_bytes: 8192,
         };
         let mut log = PartitionLog::open(backend, Path::new("/d"), config).unwrap();
         assert_eq!(log.disk_bytes(), 4096);

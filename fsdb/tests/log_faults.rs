@@ -14,6 +14,7 @@ fn config() -> LogConfig {
         segment_bytes_min: 4096,
         segment_bytes_max: 8192,
         record_bytes_max: 4096,
+        write_ahead_bytes: 4096,
     }
 }
 

@@ -12,6 +12,7 @@ fn config() -> LogConfig {
         segment_bytes_min: 4096,
         segment_bytes_max: 16384,
         record_bytes_max: 4096,
+        write_ahead_bytes: 4096,
     }
 }
 

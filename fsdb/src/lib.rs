@@ -1,1 +1,2 @@
 //! fsdb: tandem's persistence. Memory-mapped partition logs and immutable chunk files.
+pub mod codec;

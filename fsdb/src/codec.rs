@@ -70,29 +70,38 @@ impl BitWriter {
     fn write(&mut self, value: u64, n: u32) {
         debug_assert!(n <= 64);
         debug_assert!(n == 64 || value >> n == 0, "value wider than {n} bits");
-        let mut left = n;
-        while left > 0 {
-            if self.free == 0 {
-                self.grow();
-                self.buf.push(0);
-                self.free = 8;
-            }
-            let take = left.min(self.free);
-            let bits = (value >> (left - take)) & mask(take);
-            let last = self.buf.len() - 1;
-            self.buf[last] |= (bits << (self.free - take)) as u8;
-            self.free -= take;
-            left -= take;
+        if n == 0 {
+            return;
         }
+        let used = (8 - self.free) % 8;
+        if used + n > 64 {
+            self.write(value >> 32, n - 32);
+            return self.write(value & mask(32), 32);
+        }
+        // Bytes from the last (partial) one on, as one big-endian word.
+        let word = (value << (64 - n)) >> used;
+        let first = if self.free == 0 {
+            self.buf.len()
+        } else {
+            self.buf.len() - 1
+        };
+        let total_bits = used + n;
+        let new_len = first + total_bits.div_ceil(8) as usize;
+        if new_len > self.buf.capacity() {
+            self.grow(new_len - self.buf.len());
+        }
+        self.buf.resize(new_len, 0);
+        for (dst, src) in self.buf[first..].iter_mut().zip(word.to_be_bytes()) {
+            *dst |= src;
+        }
+        self.free = (8 - total_bits % 8) % 8;
     }
 
     /// Grows by a quarter instead of doubling: head chunks live in memory, and
     /// a doubled buffer would waste up to half of it. Still amortized O(1).
-    fn grow(&mut self) {
-        if self.buf.len() == self.buf.capacity() {
-            let extra = (self.buf.len() / 4).max(16);
-            self.buf.reserve_exact(extra);
-        }
+    fn grow(&mut self, needed: usize) {
+        let extra = (self.buf.len() / 4).max(16).max(needed);
+        self.buf.reserve_exact(extra);
     }
 }
 
@@ -124,6 +133,21 @@ impl<'a> BitReader<'a> {
         self.end - self.pos
     }
 
+    /// The next 64 bits from `pos`, zeros past the end; at least 57 of them are real.
+    fn peek(&self) -> u64 {
+        let byte = (self.pos / 8) as usize;
+        let word = match self.data.get(byte..byte + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let mut w = [0u8; 8];
+                let tail = self.data.get(byte..).unwrap_or_default();
+                w[..tail.len()].copy_from_slice(tail);
+                u64::from_be_bytes(w)
+            }
+        };
+        word << (self.pos % 8)
+    }
+
     /// Reads `n <= 64` bits, or `None` when fewer remain.
     fn read(&mut self, n: u32) -> Option<u64> {
         if n > 56 {
@@ -137,26 +161,24 @@ impl<'a> BitReader<'a> {
         if n == 0 {
             return Some(0);
         }
-        let byte = (self.pos / 8) as usize;
-        let mut word = [0u8; 8];
-        let avail = (self.data.len() - byte).min(8);
-        word[..avail].copy_from_slice(&self.data[byte..byte + avail]);
-        let shifted = u64::from_be_bytes(word) << (self.pos % 8);
+        let bits = self.peek() >> (64 - n);
         self.pos += u64::from(n);
-        Some(shifted >> (64 - n))
+        Some(bits)
     }
 
     fn bit(&mut self) -> Option<bool> {
         self.read(1).map(|b| b == 1)
     }
 
-    /// Counts leading one bits, reading at most `max` bits (the terminating
-    /// zero is consumed).
+    /// Reads a unary code: up to `max` one bits, ended by a zero unless `max`
+    /// ones came first. Returns the number of ones.
     fn ones(&mut self, max: u32) -> Option<u32> {
-        let mut n = 0;
-        while n < max && self.bit()? {
-            n += 1;
+        let n = self.peek().leading_ones().min(max);
+        let consumed = if n < max { n + 1 } else { n };
+        if u64::from(consumed) > self.remaining() {
+            return None;
         }
+        self.pos += u64::from(consumed);
         Some(n)
     }
 }
@@ -467,10 +489,26 @@ impl ChunkEncoder {
             self.ts_delta = delta;
         }
         self.last_ts = ts;
-        self.push_value(value);
+        if self.count == 0 {
+            self.push_first_value(value);
+        } else {
+            self.push_value(value);
+        }
         self.value.prev_bits = value.to_bits();
         self.count += 1;
         self.bits.buf[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// The first value of a chunk is written absolute (a scale change) when it
+    /// is a decimal, so no packing is widened for a delta from zero.
+    fn push_first_value(&mut self, v: f64) {
+        match find_decimal(v) {
+            Some((scale, m)) => {
+                self.bits.write(0b110, 3);
+                write_scale_change(&mut self.bits, &mut self.value, scale, m);
+            }
+            None => self.push_value(v),
+        }
     }
 
     fn push_value(&mut self, v: f64) {

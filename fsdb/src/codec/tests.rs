@@ -256,15 +256,19 @@ fn bad_chunks_are_errors() {
         &good[..good.len() - 1],
         Error::Truncated { index: 3, count: 4 },
     );
-    // One sample 0.0 (64 bits of timestamp, value code 0), then a second
-    // sample: timestamp dod 0, scale change 110 to scale 31, width 0.
-    let mut one = ChunkEncoder::new();
-    one.push(0, 0.0);
-    let mut bytes = one.bytes().to_vec();
-    assert_eq!(bytes.len(), HEADER_BYTES + 9);
-    bytes[1] = 2;
-    *bytes.last_mut().unwrap() = 0b0011_0111;
-    bytes.push(0b1100_0000);
+    // Two samples: the first 0.0 at scale 0, the second a scale change to 31.
+    let mut w = BitWriter {
+        buf: vec![FORMAT_VERSION, 2, 0, 0, 0],
+        free: 0,
+    };
+    w.write(0, 64);
+    w.write(0b110, 3);
+    w.write(0, 5 + 6);
+    w.write(0, 1);
+    w.write(0b110, 3);
+    w.write(31, 5);
+    w.write(0, 6);
+    let bytes = w.buf;
     check_err(
         &bytes,
         Error::Corrupted {

@@ -387,23 +387,25 @@ fn write_scale_change(w: &mut BitWriter, s: &mut ValueState, scale: u8, m: i64) 
 // ---------------------------------------------------------------------------
 // Encoder
 
-/// Width statistics of the current block, one OR of payloads per packing kind,
-/// so the encoder can tell which packing would have been narrowest.
+/// Width statistics of the current block: the widest payload each packing
+/// kind would have needed, so the encoder can tell which was narrowest.
 #[derive(Debug, Clone, Default)]
 struct BlockStats {
     samples: u8,
-    ors: [u64; 4],
+    /// Per kind of [`Packing::ALL`]; 64 marks "does not fit at all".
+    widths: [u8; 4],
 }
 
 impl BlockStats {
     fn add(&mut self, delta: i64, dod: i64) {
         for (k, (is_dod, signed)) in Packing::ALL.into_iter().enumerate() {
             let x = if is_dod { dod } else { delta };
-            self.ors[k] |= match (signed, x >= 0) {
-                (true, _) => zigzag(x),
-                (false, true) => x as u64,
-                (false, false) => u64::MAX,
+            let w = match (signed, x >= 0) {
+                (true, _) => width(zigzag(x)),
+                (false, true) => width(x as u64),
+                (false, false) => 64,
             };
+            self.widths[k] = self.widths[k].max(w as u8);
         }
         self.samples += 1;
     }
@@ -413,15 +415,12 @@ impl BlockStats {
     fn best(&self) -> Packing {
         let mut best = None::<Packing>;
         for (k, (dod, signed)) in Packing::ALL.into_iter().enumerate() {
-            let w = width(self.ors[k]);
-            if w > 63 {
-                continue;
-            }
-            if best.is_none_or(|b| w < u32::from(b.width)) {
+            let w = self.widths[k];
+            if w <= 63 && best.is_none_or(|b| w < b.width) {
                 best = Some(Packing {
                     dod,
                     signed,
-                    width: w as u8,
+                    width: w,
                 });
             }
         }

@@ -205,6 +205,26 @@ fn isolated_odd_values_keep_the_decimal_packing() {
 }
 
 #[test]
+fn packing_narrows_again_after_a_burst() {
+    let mut seed = 5;
+    let mut c = 0i64;
+    let values: Vec<f64> = (0..2000)
+        .map(|i| {
+            c += (lcg(&mut seed) % 4) as i64 + if i == 500 { 1_000_000 } else { 0 };
+            c as f64
+        })
+        .collect();
+    // 1 bit of timestamp, 1 bit of code, 2 bits of increment, plus the burst.
+    check(&regular(&values), 4.4);
+}
+
+#[test]
+fn encoder_state_is_small() {
+    // The store holds one encoder per series besides its bytes.
+    assert!(std::mem::size_of::<ChunkEncoder>() <= 112);
+}
+
+#[test]
 fn heap_bytes_tracks_capacity_and_shrinks() {
     let mut enc = encode(&regular(&[1.5; 4000]));
     assert!(enc.heap_bytes() >= enc.bytes().len());

@@ -97,6 +97,22 @@ impl BitWriter {
         self.free = (8 - total_bits % 8) % 8;
     }
 
+    fn bit_len(&self) -> u64 {
+        self.buf.len() as u64 * 8 - u64::from(self.free)
+    }
+
+    /// Rewrites `n` bits already written at bit offset `pos`.
+    fn overwrite(&mut self, pos: u64, value: u64, n: u32) {
+        debug_assert!(pos + u64::from(n) <= self.bit_len());
+        for i in 0..u64::from(n) {
+            let bit = pos + i;
+            let byte = &mut self.buf[(bit / 8) as usize];
+            let shift = 7 - bit % 8;
+            let one = (value >> (u64::from(n) - 1 - i)) & 1;
+            *byte = (*byte & !(1 << shift)) | ((one as u8) << shift);
+        }
+    }
+
     /// Grows by a quarter instead of doubling: head chunks live in memory, and
     /// a doubled buffer would waste up to half of it. Still amortized O(1).
     fn grow(&mut self, needed: usize) {
@@ -205,8 +221,16 @@ const TS_BUCKETS: [(u64, u32, u32); 5] = [
     (0b110, 3, 10),
     (0b1110, 4, 16),
     (0b11110, 5, 32),
-    (0b11111, 5, 64),
+    (0b111110, 6, 64),
 ];
+/// The timestamp code that starts a run of repeated samples instead, then
+/// `RUN_LEN_BITS` bits of run length.
+const RUN_CODE: (u64, u32) = (0b111111, 6);
+const RUN_LEN_BITS: u32 = 8;
+const RUN_MAX: u8 = u8::MAX;
+/// Plain repeats written before a run is opened: a run costs 14 bits, a
+/// plain repeat 2 or more.
+const RUN_AFTER: u8 = 3;
 
 fn write_ts_dod(w: &mut BitWriter, dod: i64) {
     if dod == 0 {
@@ -224,13 +248,22 @@ fn write_ts_dod(w: &mut BitWriter, dod: i64) {
     unreachable!("the last bucket holds 64 bits");
 }
 
-fn read_ts_dod(r: &mut BitReader) -> Option<i64> {
-    let ones = r.ones(TS_BUCKETS.len() as u32)?;
+/// What a timestamp code says: a delta-of-delta, or a run of `n` repeats.
+enum TsCode {
+    Dod(i64),
+    Run(u32),
+}
+
+fn read_ts_code(r: &mut BitReader) -> Option<TsCode> {
+    let ones = r.ones(RUN_CODE.1)?;
     if ones == 0 {
-        return Some(0);
+        return Some(TsCode::Dod(0));
+    }
+    if ones == RUN_CODE.1 {
+        return r.read(RUN_LEN_BITS).map(|n| TsCode::Run(n as u32));
     }
     let (_, _, payload_bits) = TS_BUCKETS[ones as usize - 1];
-    r.read(payload_bits).map(unzigzag)
+    r.read(payload_bits).map(|z| TsCode::Dod(unzigzag(z)))
 }
 
 // ---------------------------------------------------------------------------
@@ -444,6 +477,12 @@ pub struct ChunkEncoder {
     pending: Option<Packing>,
     /// Consecutive values that needed the raw fallback in decimal mode.
     raw_streak: u8,
+    /// Consecutive repeats (same interval, same value) written plainly.
+    repeats: u8,
+    /// Samples in the open run (0: none), and the bit offset of its length
+    /// field, rewritten in place as the run grows.
+    run_len: u8,
+    run_len_pos: u64,
 }
 
 impl Default for ChunkEncoder {
@@ -467,6 +506,9 @@ impl ChunkEncoder {
             block: BlockStats::default(),
             pending: None,
             raw_streak: 0,
+            repeats: 0,
+            run_len: 0,
+            run_len_pos: 0,
         }
     }
 
@@ -482,20 +524,45 @@ impl ChunkEncoder {
         if self.count == 0 {
             self.bits.write(ts as u64, 64);
             self.first_ts = ts;
+            self.push_first_value(value);
+        } else if self.is_repeat(ts, value) && self.repeats >= RUN_AFTER {
+            self.push_run();
         } else {
+            let repeat = self.is_repeat(ts, value);
+            self.repeats = if repeat { self.repeats + 1 } else { 0 };
+            self.run_len = 0;
             let delta = ts.wrapping_sub(self.last_ts);
             write_ts_dod(&mut self.bits, delta.wrapping_sub(self.ts_delta));
             self.ts_delta = delta;
-        }
-        self.last_ts = ts;
-        if self.count == 0 {
-            self.push_first_value(value);
-        } else {
             self.push_value(value);
         }
+        self.last_ts = ts;
         self.value.prev_bits = value.to_bits();
         self.count += 1;
         self.bits.buf[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// Whether the sample repeats the last one: same interval, same value bits,
+    /// and in decimal mode the value is the current decimal (not a one-off).
+    fn is_repeat(&self, ts: i64, v: f64) -> bool {
+        let s = &self.value;
+        ts.wrapping_sub(self.last_ts) == self.ts_delta
+            && v.to_bits() == s.prev_bits
+            && (s.float_mode || scaled_at(v, s.scale) == Some(s.scaled))
+    }
+
+    /// Extends the open run in place, or opens a new one.
+    fn push_run(&mut self) {
+        if self.run_len == 0 || self.run_len == RUN_MAX {
+            self.bits.write(RUN_CODE.0, RUN_CODE.1);
+            self.run_len_pos = self.bits.bit_len();
+            self.bits.write(0, RUN_LEN_BITS);
+            self.run_len = 0;
+        }
+        self.run_len += 1;
+        self.bits
+            .overwrite(self.run_len_pos, u64::from(self.run_len), RUN_LEN_BITS);
+        apply_repeat(&mut self.value);
     }
 
     /// The first value of a chunk is written absolute (a scale change) when it
@@ -662,8 +729,7 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
     let count = u32::from_le_bytes(bytes[1..HEADER_BYTES].try_into().expect("4 bytes"));
     let body = &bytes[HEADER_BYTES..];
     let body_bits = body.len() as u64 * 8;
-    // The first sample takes at least 65 bits, every other at least 2.
-    if count > 0 && body_bits < 65 + 2 * (u64::from(count) - 1) {
+    if u64::from(count) > max_samples(body_bits) {
         return Err(Error::CountTooLarge { count, body_bits });
     }
     Ok(ChunkIter {
@@ -673,8 +739,21 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
         last_ts: 0,
         ts_delta: 0,
         value: ValueState::new(),
+        run_left: 0,
         failed: false,
     })
+}
+
+/// The most samples a body of `body_bits` can hold: the first sample takes at
+/// least 65 bits, and a run code of 14 bits stands for up to 255 samples.
+fn max_samples(body_bits: u64) -> u64 {
+    match body_bits.checked_sub(65) {
+        None => 0,
+        Some(rest) => {
+            let run_bits = u64::from(RUN_CODE.1 + RUN_LEN_BITS);
+            1 + rest / run_bits * u64::from(RUN_MAX) + (rest % run_bits) / 2
+        }
+    }
 }
 
 /// Decodes a whole chunk, appending its samples to `out`.
@@ -695,6 +774,8 @@ pub struct ChunkIter<'a> {
     last_ts: i64,
     ts_delta: i64,
     value: ValueState,
+    /// Samples of the current run still to yield.
+    run_left: u32,
     failed: bool,
 }
 
@@ -719,28 +800,54 @@ impl ChunkIter<'_> {
     }
 
     fn next_sample(&mut self) -> Result<(i64, f64)> {
-        let r = &mut self.reader;
-        let ts = if self.index == 0 {
-            r.read(64).map(|t| t as i64)
+        let (ts, value) = if self.index == 0 {
+            let ts = self.reader.read(64).ok_or_else(|| self.truncated())? as i64;
+            (ts, self.value_sample()?)
+        } else if self.run_left > 0 {
+            self.repeat_sample()
         } else {
-            read_ts_dod(r).map(|dod| {
-                self.ts_delta = self.ts_delta.wrapping_add(dod);
-                self.last_ts.wrapping_add(self.ts_delta)
-            })
-        }
-        .ok_or_else(|| self.truncated())?;
-        self.last_ts = ts;
-        let value = match self.read_value() {
-            Some(Ok(v)) => v,
-            Some(Err(reason)) => return Err(self.corrupted(reason)),
-            None => return Err(self.truncated()),
+            match read_ts_code(&mut self.reader).ok_or_else(|| self.truncated())? {
+                TsCode::Dod(dod) => {
+                    self.ts_delta = self.ts_delta.wrapping_add(dod);
+                    (
+                        self.last_ts.wrapping_add(self.ts_delta),
+                        self.value_sample()?,
+                    )
+                }
+                TsCode::Run(n) => {
+                    if n == 0 || n > self.count - self.index {
+                        return Err(self.corrupted("run length beyond the sample count"));
+                    }
+                    self.run_left = n;
+                    self.repeat_sample()
+                }
+            }
         };
+        self.last_ts = ts;
         self.value.prev_bits = value.to_bits();
         if self.index + 1 == self.count {
             self.check_padding()?;
         }
         self.index += 1;
         Ok((ts, value))
+    }
+
+    /// One sample of a run: the same interval and the same value again.
+    fn repeat_sample(&mut self) -> (i64, f64) {
+        self.run_left -= 1;
+        apply_repeat(&mut self.value);
+        (
+            self.last_ts.wrapping_add(self.ts_delta),
+            f64::from_bits(self.value.prev_bits),
+        )
+    }
+
+    fn value_sample(&mut self) -> Result<f64> {
+        match self.read_value() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(reason)) => Err(self.corrupted(reason)),
+            None => Err(self.truncated()),
+        }
     }
 
     fn read_value(&mut self) -> Option<std::result::Result<f64, &'static str>> {
@@ -807,6 +914,13 @@ impl ChunkIter<'_> {
             return Err(self.corrupted("non-zero padding after the last sample"));
         }
         Ok(())
+    }
+}
+
+/// A repeated decimal is a zero delta: the next dod is relative to it.
+fn apply_repeat(s: &mut ValueState) {
+    if !s.float_mode {
+        s.scaled_delta = 0;
     }
 }
 

@@ -132,12 +132,44 @@ fn timestamps_in_any_order_and_range() {
 }
 
 #[test]
-fn constants_cost_two_bits() {
-    check(&regular(&[42.5; 1000]), 2.1);
-    check(&regular(&[0.0; 1000]), 2.1);
-    check(&regular(&[f64::NAN; 500]), 2.3);
-    // A constant that is no short decimal still costs two bits in float mode.
-    check(&regular(&[std::f64::consts::PI; 500]), 2.3);
+fn constant_runs_cost_a_fraction_of_a_bit() {
+    check(&regular(&[42.5; 1000]), 0.1);
+    check(&regular(&[0.0; 1000]), 0.1);
+    check(&regular(&[f64::NAN; 1000]), 0.15);
+    // A constant that is no short decimal runs in float mode.
+    check(&regular(&[std::f64::consts::PI; 1000]), 0.15);
+}
+
+#[test]
+fn runs_end_and_resume_with_the_value_state_intact() {
+    // A ramp in dod packing, a plateau run, the ramp again, a plateau of a
+    // one-off NaN (no run in decimal mode), and an interval change mid-run.
+    let mut samples = Vec::new();
+    let mut ts = 0i64;
+    let mut push = |dt: i64, v: f64| {
+        ts += dt;
+        samples.push((ts, v));
+    };
+    for i in 0..40 {
+        push(10, 100.0 + 2.5 * f64::from(i));
+    }
+    for _ in 0..300 {
+        push(10, 197.5);
+    }
+    for i in 0..40 {
+        push(10, 200.0 + 2.5 * f64::from(i));
+    }
+    for _ in 0..3 {
+        push(10, f64::NAN);
+    }
+    push(10, 7.25);
+    for _ in 0..20 {
+        push(10, 7.25);
+    }
+    for _ in 0..20 {
+        push(11, 7.25);
+    }
+    check(&samples, 6.0);
 }
 
 #[test]

@@ -28,6 +28,9 @@ const MAX_SCALED: f64 = 9_007_199_254_740_992.0;
 /// Samples per block of width statistics: the encoder reconsiders its packing
 /// after each block, so a burst widens it only for about a block.
 const BLOCK: u8 = 16;
+/// Decimal values in a row that fit one scale less before the encoder lowers
+/// the scale: a scale change costs ~35 bits and saves ~3.3 bits per value.
+const COARSE_AFTER: u8 = 32;
 /// Bits spent by a packing change (`10` + dod + signed + 6 bits of width).
 const PACKING_CHANGE_BITS: u32 = 10;
 
@@ -483,6 +486,8 @@ pub struct ChunkEncoder {
     /// field, rewritten in place as the run grows.
     run_len: u8,
     run_len_pos: u64,
+    /// Consecutive decimal values whose scaled integer ends in a zero.
+    coarse_streak: u8,
 }
 
 impl Default for ChunkEncoder {
@@ -509,6 +514,7 @@ impl ChunkEncoder {
             repeats: 0,
             run_len: 0,
             run_len_pos: 0,
+            coarse_streak: 0,
         }
     }
 
@@ -605,6 +611,18 @@ impl ChunkEncoder {
     /// A decimal value at the current scale: code 0 (current packing) or 10
     /// (new packing), then the payload.
     fn push_scaled(&mut self, m: i64) {
+        if self.value.scale > 0 && m % 10 == 0 {
+            self.coarse_streak = self.coarse_streak.saturating_add(1);
+        } else {
+            self.coarse_streak = 0;
+        }
+        if self.coarse_streak == COARSE_AFTER {
+            // The extra digit that raised the scale is gone: drop it again.
+            self.coarse_streak = 0;
+            self.bits.write(0b110, 3);
+            let scale = self.value.scale - 1;
+            return write_scale_change(&mut self.bits, &mut self.value, scale, m / 10);
+        }
         let s = &mut self.value;
         let delta = m.wrapping_sub(s.scaled);
         let dod = delta.wrapping_sub(s.scaled_delta);

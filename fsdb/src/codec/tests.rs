@@ -201,6 +201,19 @@ fn decimal_random_walk_packs_scaled_deltas() {
 }
 
 #[test]
+fn scale_drops_again_when_extra_digits_stop() {
+    let mut seed = 13;
+    let mut cents = 5_000i64;
+    let mut values: Vec<f64> = vec![50.125];
+    values.extend((0..2000).map(|_| {
+        cents += (lcg(&mut seed) % 1001) as i64 - 500;
+        cents as f64 / 100.0
+    }));
+    // As the 2-decimal walk, not 3.3 bits more per value at scale 3.
+    check(&regular(&values), 12.4);
+}
+
+#[test]
 fn linear_ramp_uses_delta_of_delta() {
     let values: Vec<f64> = (0..1000).map(|i| 1000.0 + 12.5 * i as f64).collect();
     check(&regular(&values), 2.5);

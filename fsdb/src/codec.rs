@@ -18,8 +18,10 @@ use thiserror::Error;
 pub const FORMAT_VERSION: u8 = 1;
 /// Header: version byte, then the sample count as a little-endian `u32`.
 pub const HEADER_BYTES: usize = 5;
-/// The most samples one chunk holds (the header's count is a `u32`).
-pub const MAX_SAMPLES: usize = u32::MAX as usize;
+/// The most samples one encoder appends (five years at 10 s). It keeps every
+/// bit offset of a chunk within a `u32` (at most ~150 bits per sample); the
+/// decoder accepts any `u32` count.
+pub const MAX_SAMPLES: usize = 1 << 24;
 
 /// Largest decimal scale: `10^22` is the largest power of ten exact in an f64.
 const MAX_SCALE: u8 = 22;
@@ -66,7 +68,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 struct BitWriter {
     buf: Vec<u8>,
     /// Unused low bits of the last byte of `buf`.
-    free: u32,
+    free: u8,
 }
 
 impl BitWriter {
@@ -76,7 +78,7 @@ impl BitWriter {
         if n == 0 {
             return;
         }
-        let used = (8 - self.free) % 8;
+        let used = (8 - u32::from(self.free)) % 8;
         if used + n > 64 {
             self.write(value >> 32, n - 32);
             return self.write(value & mask(32), 32);
@@ -97,7 +99,7 @@ impl BitWriter {
         for (dst, src) in self.buf[first..].iter_mut().zip(word.to_be_bytes()) {
             *dst |= src;
         }
-        self.free = (8 - total_bits % 8) % 8;
+        self.free = ((8 - total_bits % 8) % 8) as u8;
     }
 
     fn bit_len(&self) -> u64 {
@@ -116,10 +118,10 @@ impl BitWriter {
         }
     }
 
-    /// Grows by a quarter instead of doubling: head chunks live in memory, and
+    /// Grows by an eighth instead of doubling: head chunks live in memory, and
     /// a doubled buffer would waste up to half of it. Still amortized O(1).
     fn grow(&mut self, needed: usize) {
-        let extra = (self.buf.len() / 4).max(16).max(needed);
+        let extra = (self.buf.len() / 8).max(16).max(needed);
         self.buf.reserve_exact(extra);
     }
 }
@@ -470,7 +472,6 @@ impl BlockStats {
 pub struct ChunkEncoder {
     bits: BitWriter,
     count: u32,
-    first_ts: i64,
     last_ts: i64,
     ts_delta: i64,
     value: ValueState,
@@ -485,7 +486,7 @@ pub struct ChunkEncoder {
     /// Samples in the open run (0: none), and the bit offset of its length
     /// field, rewritten in place as the run grows.
     run_len: u8,
-    run_len_pos: u64,
+    run_len_pos: u32,
     /// Consecutive decimal values whose scaled integer ends in a zero.
     coarse_streak: u8,
 }
@@ -504,7 +505,6 @@ impl ChunkEncoder {
         ChunkEncoder {
             bits: BitWriter { buf, free: 0 },
             count: 0,
-            first_ts: 0,
             last_ts: 0,
             ts_delta: 0,
             value: ValueState::new(),
@@ -529,7 +529,6 @@ impl ChunkEncoder {
         );
         if self.count == 0 {
             self.bits.write(ts as u64, 64);
-            self.first_ts = ts;
             self.push_first_value(value);
         } else if self.is_repeat(ts, value) && self.repeats >= RUN_AFTER {
             self.push_run();
@@ -561,13 +560,17 @@ impl ChunkEncoder {
     fn push_run(&mut self) {
         if self.run_len == 0 || self.run_len == RUN_MAX {
             self.bits.write(RUN_CODE.0, RUN_CODE.1);
-            self.run_len_pos = self.bits.bit_len();
+            self.run_len_pos = u32::try_from(self.bits.bit_len())
+                .expect("MAX_SAMPLES keeps bit offsets within u32");
             self.bits.write(0, RUN_LEN_BITS);
             self.run_len = 0;
         }
         self.run_len += 1;
-        self.bits
-            .overwrite(self.run_len_pos, u64::from(self.run_len), RUN_LEN_BITS);
+        self.bits.overwrite(
+            u64::from(self.run_len_pos),
+            u64::from(self.run_len),
+            RUN_LEN_BITS,
+        );
         apply_repeat(&mut self.value);
     }
 
@@ -709,7 +712,9 @@ impl ChunkEncoder {
 
     /// Timestamp of the first sample pushed.
     pub fn first_ts(&self) -> Option<i64> {
-        (self.count > 0).then_some(self.first_ts)
+        // The first 64 bits of the body are the first timestamp.
+        let raw = self.bits.buf.get(HEADER_BYTES..HEADER_BYTES + 8)?;
+        Some(i64::from_be_bytes(raw.try_into().expect("8 bytes")))
     }
 
     /// Timestamp of the last sample pushed (not the largest: order is the store's business).

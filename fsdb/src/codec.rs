@@ -44,14 +44,19 @@ const POW10: [f64; MAX_SCALE as usize + 1] = [
 /// Why a chunk could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum Error {
+    /// Fewer than [`HEADER_BYTES`] bytes.
     #[error("chunk of {len} bytes is shorter than its {HEADER_BYTES}-byte header")]
     ShortHeader { len: usize },
+    /// A version byte this code does not know.
     #[error("chunk format version {version} is not supported (expected {FORMAT_VERSION})")]
     UnknownVersion { version: u8 },
+    /// The header's count cannot fit in the body (checked before decoding).
     #[error("chunk claims {count} samples but its {body_bits} body bits cannot hold them")]
     CountTooLarge { count: u32, body_bits: u64 },
+    /// The bits ran out before sample `index`.
     #[error("chunk is truncated at sample {index} of {count}")]
     Truncated { index: u32, count: u32 },
+    /// A field no encoder writes, or bytes after the last sample.
     #[error("chunk is corrupted at sample {index}: {reason}")]
     Corrupted { index: u32, reason: &'static str },
 }
@@ -498,6 +503,7 @@ impl Default for ChunkEncoder {
 }
 
 impl ChunkEncoder {
+    /// An empty chunk: its bytes are the 5-byte header with a count of 0.
     pub fn new() -> ChunkEncoder {
         let mut buf = Vec::with_capacity(32);
         buf.push(FORMAT_VERSION);
@@ -706,6 +712,7 @@ impl ChunkEncoder {
         self.count as usize
     }
 
+    /// Whether no sample was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

@@ -83,6 +83,13 @@ impl BitWriter {
         if n == 0 {
             return;
         }
+        if n <= u32::from(self.free) {
+            // Fits in the partial last byte: the common 1- to 7-bit codes.
+            let last = self.buf.len() - 1;
+            self.free -= n as u8;
+            self.buf[last] |= (value << self.free) as u8;
+            return;
+        }
         let used = (8 - u32::from(self.free)) % 8;
         if used + n > 64 {
             self.write(value >> 32, n - 32);
@@ -640,10 +647,8 @@ impl ChunkEncoder {
             .pending
             .and_then(|p| p.payload(delta, dod).map(|u| (p, u)));
         match (pending, s.packing.payload(delta, dod)) {
-            (None, Some(u)) => {
-                self.bits.write(0, 1);
-                self.bits.write(u, u32::from(s.packing.width));
-            }
+            // Code 0 and the payload in one write: u < 2^width.
+            (None, Some(u)) => self.bits.write(u, u32::from(s.packing.width) + 1),
             (pending, _) => {
                 let (p, u) = pending.unwrap_or_else(|| {
                     let p = self.block.best();

@@ -869,7 +869,8 @@ fn max_samples(body_bits: u64) -> u64 {
     }
 }
 
-/// Decodes a whole chunk, appending its samples to `out`.
+/// Decodes a whole chunk, appending its samples to `out`. On an error, `out`
+/// keeps the samples decoded before it.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
     let iter = decode(bytes)?;
     out.reserve(iter.count as usize);

@@ -106,6 +106,12 @@ fn apply(map: &mut ClusterMap, event: Event, now: u64) -> Result<()> {
             if info.state != NodeState::Down {
                 set_state(map, node, NodeState::Down, now);
             }
+            // A Down learner stops following the primary: it must catch up again.
+            for l in map.table.iter_mut().flat_map(|i| i.learners.iter_mut()) {
+                if l.node == node {
+                    l.caught_up = false;
+                }
+            }
             Ok(())
         }
         Event::Up { node } => up(map, node, now),
@@ -239,7 +245,15 @@ fn up(map: &mut ClusterMap, node: NodeId, now: u64) -> Result<()> {
 }
 
 fn progress(map: &mut ClusterMap, node: NodeId, caught_up: &[PartitionId]) -> Result<()> {
-    live_node(map, node)?;
+    let state = live_node(map, node)?.state;
+    if state == NodeState::Down {
+        // Liveness sends Up first; a report that overtook it is not trusted.
+        return Err(Error::WrongState {
+            node,
+            state,
+            expected: "not Down",
+        });
+    }
     let partitions = map.partitions;
     if let Some(&p) = caught_up.iter().find(|p| p.0 >= partitions) {
         return Err(Error::UnknownPartition {
@@ -310,26 +324,46 @@ fn rebuild(map: &mut ClusterMap, node: NodeId) -> Result<()> {
 fn plan(map: &mut ClusterMap, mode: Mode) -> Result<()> {
     let targets: Vec<Vec<NodeId>> = map.table.iter().map(|i| i.target()).collect();
     let new_targets = placement::rebalance(&targets, &map.candidates(), map.replicas, mode)?;
-    for (info, target) in map.table.iter_mut().zip(new_targets) {
+    let host = |n: NodeId| map.node(n).map(|i| i.host.clone());
+    let mut learners: Vec<Vec<Learner>> = Vec::with_capacity(new_targets.len());
+    for (info, target) in map.table.iter().zip(new_targets) {
         let added: Vec<NodeId> = target
             .iter()
             .copied()
             .filter(|n| !info.replicas.contains(n))
             .collect();
-        let mut removed = info
+        let mut removed: Vec<NodeId> = info
             .replicas
             .iter()
             .copied()
-            .filter(|n| !target.contains(n));
-        let learners = added
-            .into_iter()
-            .map(|node| Learner {
-                node,
-                replaces: removed.next(),
-                caught_up: info.learner(node).is_some_and(|l| l.caught_up),
-            })
+            .filter(|n| !target.contains(n))
             .collect();
-        info.learners = learners;
+        // A learner on the host of a copy that goes must replace that copy,
+        // or the switch would put two copies on one host.
+        let mut pairs: Vec<(NodeId, Option<NodeId>)> = Vec::new();
+        let mut unpaired = Vec::new();
+        for a in added {
+            match removed.iter().position(|&r| host(r) == host(a)) {
+                Some(i) => pairs.push((a, Some(removed.remove(i)))),
+                None => unpaired.push(a),
+            }
+        }
+        let mut rest = removed.into_iter();
+        pairs.extend(unpaired.into_iter().map(|a| (a, rest.next())));
+        pairs.sort_by_key(|&(a, _)| target.iter().position(|&t| t == a));
+        learners.push(
+            pairs
+                .into_iter()
+                .map(|(node, replaces)| Learner {
+                    node,
+                    replaces,
+                    caught_up: info.learner(node).is_some_and(|l| l.caught_up),
+                })
+                .collect(),
+        );
+    }
+    for (info, l) in map.table.iter_mut().zip(learners) {
+        info.learners = l;
     }
     Ok(())
 }

@@ -526,10 +526,16 @@ fn mark_stale(map: &mut ClusterMap) -> bool {
 /// A partition whose every remaining replica is stale (its up-to-date copy
 /// was removed by the operator) would stay unavailable forever: its
 /// remaining copies become authoritative, accepting the loss the removal
-/// implied.
+/// implied. A partition left with no replica at all (every copy removed)
+/// restarts, empty, on its learners.
 fn rescue_orphans(map: &mut ClusterMap) -> bool {
     let mut changed = false;
     for info in &mut map.table {
+        if info.replicas.is_empty() && !info.learners.is_empty() {
+            info.replicas = info.learners.drain(..).map(|l| l.node).collect();
+            info.term = info.term.next();
+            changed = true;
+        }
         if !info.replicas.is_empty() && info.replicas.iter().all(|n| info.stale.contains(n)) {
             info.stale.clear();
             changed = true;

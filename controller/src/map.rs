@@ -398,7 +398,7 @@ impl ClusterMap {
         }
         for (p, info) in self.table.iter().enumerate() {
             self.validate_partition(PartitionId(p as u32), info)
-                .or_else(|e| bad(e))?;
+                .or_else(bad)?;
         }
         Ok(())
     }

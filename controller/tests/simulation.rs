@@ -255,9 +255,11 @@ fn run(seed: u64) -> Result<(), String> {
 
 #[test]
 fn seeded_simulations_keep_the_invariants_and_converge() {
+    // TANDEM_SIM_SEED=N replays one seed; TANDEM_SIM_SEEDS=N runs seeds 0..N.
+    let count = std::env::var("TANDEM_SIM_SEEDS").map_or(12, |s| s.parse().expect("a number"));
     let seeds: Vec<u64> = match std::env::var("TANDEM_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("TANDEM_SIM_SEED is a number")],
-        Err(_) => (0..12).collect(),
+        Err(_) => (0..count).collect(),
     };
     for seed in seeds {
         if let Err(e) = run(seed) {

@@ -18,6 +18,8 @@ pub struct NodeStatus {
     pub drained: bool,
     pub primaries: usize,
     pub secondaries: usize,
+    /// Partitions it is building as a learner (pending moves onto it).
+    pub learning: usize,
     /// Partitions this node still has to catch up on (stale or learning).
     pub catching_up: usize,
     /// Sum of the lag it last reported, in LSNs.
@@ -50,6 +52,8 @@ pub struct Status {
     pub epoch: Epoch,
     pub replicas: u32,
     pub formed: bool,
+    /// Why the cluster has not formed yet (too few hosts), if it has not.
+    pub waiting: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub partitions: PartitionCounts,
 }
@@ -70,6 +74,11 @@ impl Status {
                 drained: n.drained,
                 primaries: map.primaries_of(n.id),
                 secondaries: map.secondaries_of(n.id),
+                learning: map
+                    .table
+                    .iter()
+                    .filter(|i| i.learner(n.id).is_some())
+                    .count(),
                 catching_up: pids().filter(|&p| map.needs_catch_up(p, n.id)).count(),
                 lag_lsn: liveness.map_or(0, |l| l.lagging(n.id).iter().map(|&(_, lag)| lag).sum()),
             })
@@ -90,10 +99,19 @@ impl Status {
         } else {
             counts.unavailable = map.partitions;
         }
+        let waiting = (!map.is_formed()).then(|| {
+            let hosts = crate::placement::host_count(&map.candidates());
+            crate::Error::NotEnoughHosts {
+                hosts,
+                replicas: map.replicas,
+            }
+            .to_string()
+        });
         Status {
             epoch: map.epoch,
             replicas: map.replicas,
             formed: map.is_formed(),
+            waiting,
             nodes,
             partitions: counts,
         }

@@ -249,6 +249,21 @@ fn safe_to_stop_lists_partitions_with_a_single_active_copy() {
 }
 
 #[test]
+fn status_says_why_a_cluster_has_not_formed() {
+    let (map, _) = run(2, "reg 1 a\nreg 2 a");
+    let status = Status::new(&map, None);
+    assert!(!status.formed);
+    assert_eq!(
+        status.waiting.as_deref(),
+        Some("cluster has 1 distinct hosts but 2 replicas need as many hosts (host anti-affinity)")
+    );
+    assert_eq!(status.partitions.unavailable, P);
+    let (map, _) = run(1, "reg 1 a\nreg 2 b");
+    let status = Status::new(&map, None);
+    assert_eq!((status.waiting, status.nodes[1].learning), (None, 2));
+}
+
+#[test]
 fn status_counts_states() {
     let (map, _) = run(2, "reg 1 a\nreg 2 b\nreg 3 c\ncatchup 3\ndown 3");
     let status = Status::new(&map, None);

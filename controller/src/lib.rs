@@ -78,7 +78,9 @@
 //! primaries back.
 //!
 //! **Bootstrap.** Nodes register one by one and stay Joining until the
-//! registered nodes span at least R hosts. Then every partition is placed at
+//! registered nodes span at least R hosts ([`Status::waiting`] says so:
+//! a cluster with fewer hosts than R is refused with a clear error rather
+//! than placed without anti-affinity; R is 1 to 5). Then every partition is placed at
 //! once; partitions are empty, so nobody has anything to catch up and the
 //! nodes go Joining -> Recovering -> Active in that same step. A node that
 //! registers later is an Add: a balancing rebalance gives it about its ideal

@@ -231,3 +231,29 @@ proptest! {
         }
     }
 }
+
+/// Found by the proptest: a learner on the host of a departing copy was
+/// paired with another copy, and its switch put two copies on one host.
+#[test]
+fn frozen_learner_must_replace_the_copy_on_its_host() {
+    use Op::*;
+    let ops = [
+        Register(2),
+        Register(0),
+        Register(5),
+        Register(4),
+        Down(0),
+        Register(0),
+        Register(1),
+        CatchUp(4),
+    ];
+    run(3, &ops).unwrap();
+}
+
+/// Found by the proptest: a Down learner's catch-up report was trusted, so
+/// it switched in without the writes acknowledged while it was away.
+#[test]
+fn frozen_down_learner_must_catch_up_again() {
+    use Op::*;
+    run(1, &[Register(0), Register(6), Down(6), CatchUp(6), Up(6)]).unwrap();
+}

@@ -86,6 +86,11 @@
 //! registers later is an Add: a balancing rebalance gives it about its ideal
 //! share of copies as learners, and it is Recovering until they caught up.
 //!
+//! **Restarts.** A node that re-registers while the map still has it live
+//! (a restart shorter than `down_after_ms`) only updates its addresses: no
+//! write was acknowledged without it, since its primary waited for it. One
+//! that re-registers while Down comes back as by [`Event::Up`].
+//!
 //! **Operator events.** [`Event::Remove`]: the node is Removed at once (it
 //! no longer counts as a copy; a primary on it fails over) and its copies are
 //! re-created on hosts that keep anti-affinity; only partitions that had a

@@ -97,8 +97,8 @@
 //! copy on it move; refused with [`Error::NotEnoughHosts`] when the rest
 //! spans fewer than R hosts. [`Event::Drain`]: the node leads nothing while
 //! another Active copy can; partitions it cannot hand over are reported in
-//! [`Action::DrainBlocked`]; a drain lasts until the node re-registers or
-//! comes back from Down. [`safe_to_stop`] lists partitions whose only Active
+//! [`Action::DrainBlocked`]; a drain lasts until [`Event::Undrain`], or
+//! until the node re-registers or comes back from Down. [`safe_to_stop`] lists partitions whose only Active
 //! copy a node holds.
 //!
 //! **The data path never waits for the controller.** Nodes keep serving with

@@ -16,6 +16,7 @@ enum Op {
     CatchUp(u32),
     Remove(u32),
     Drain(u32),
+    Undrain(u32),
     Rebuild(u32),
 }
 
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => id.clone().prop_map(Op::CatchUp),
         1 => id.clone().prop_map(Op::Remove),
         1 => id.clone().prop_map(Op::Drain),
+        1 => id.clone().prop_map(Op::Undrain),
         1 => id.prop_map(Op::Rebuild),
     ]
 }
@@ -201,6 +203,7 @@ fn run(replicas: u32, ops: &[Op]) -> Result<(), String> {
             },
             Op::Remove(id) => Event::Remove { node: NodeId(id) },
             Op::Drain(id) => Event::Drain { node: NodeId(id) },
+            Op::Undrain(id) => Event::Undrain { node: NodeId(id) },
             Op::Rebuild(id) => Event::Rebuild { node: NodeId(id) },
         };
         let Ok((next, _actions)) = step(&map, event.clone(), now) else {

@@ -213,11 +213,13 @@ pub struct LineSplitter {
 pub enum Piece<'a> {
     Line(&'a [u8]),
     TooLong,
+    /// A blank line: not an error, but counted.
+    Empty,
 }
 
 impl LineSplitter {
     /// Feeds `input` and calls `on_piece` for every complete line (line end
-    /// `\n` or `\r\n` removed, empty lines skipped).
+    /// `\n` or `\r\n` removed).
     pub fn feed(
         &mut self,
         mut input: &[u8],
@@ -273,7 +275,8 @@ impl LineSplitter {
 
 fn emit(line: &[u8], line_bytes_max: usize, on_piece: &mut impl FnMut(Piece<'_>)) {
     let line = trim_line_end(line);
-    if line.is_empty() || line.iter().all(u8::is_ascii_whitespace) {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        on_piece(Piece::Empty);
         return;
     }
     if line.len() > line_bytes_max {
@@ -381,6 +384,7 @@ mod tests {
             s.feed(c, max, |p| match p {
                 Piece::Line(l) => out.push(String::from_utf8_lossy(l).into_owned()),
                 Piece::TooLong => out.push("<too long>".into()),
+                Piece::Empty => out.push("<empty>".into()),
             });
         }
         (out, s.finish())
@@ -389,7 +393,7 @@ mod tests {
     #[test]
     fn splits_across_reads_with_crlf_and_limits() {
         let (lines, rest) = split(&[b"a 1\r\nb ", b"2\n\n\r\nc", b" 3\nd"], 100);
-        assert_eq!(lines, ["a 1", "b 2", "c 3"]);
+        assert_eq!(lines, ["a 1", "b 2", "<empty>", "<empty>", "c 3"]);
         assert_eq!(rest.as_deref(), Some(&b"d"[..]));
 
         let long = vec![b'x'; 50];

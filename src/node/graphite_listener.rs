@@ -60,6 +60,7 @@ async fn connection(mut socket: TcpStream, node: Arc<Node>) {
     }
     if let Some(rest) = splitter.finish() {
         // A half line at close: it may be whole but for its line end.
+        node.metrics.add_unterminated_line();
         groups.add(&node, &rest, now_ms());
         groups.flush(&node).await;
     }

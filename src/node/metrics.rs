@@ -13,6 +13,8 @@ pub struct Metrics {
     replicated_batches: AtomicU64,
     applied_records: AtomicU64,
     graphite_lines: AtomicU64,
+    graphite_empty: AtomicU64,
+    graphite_unterminated: AtomicU64,
     graphite_bad: [AtomicU64; LineError::ALL.len()],
     queries: AtomicU64,
     query_errors: AtomicU64,
@@ -36,6 +38,12 @@ impl Metrics {
     }
     pub fn add_graphite_lines(&self, n: u64) {
         self.graphite_lines.fetch_add(n, Relaxed);
+    }
+    pub fn add_empty_line(&self) {
+        self.graphite_empty.fetch_add(1, Relaxed);
+    }
+    pub fn add_unterminated_line(&self) {
+        self.graphite_unterminated.fetch_add(1, Relaxed);
     }
     pub fn add_bad_line(&self, e: LineError, line: &[u8]) {
         let i = LineError::ALL

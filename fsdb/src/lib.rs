@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod chunkfile;
+pub mod codec;
 pub mod error;
 pub mod log;
 pub mod membackend;

@@ -1,0 +1,823 @@
+//! Sample codec: a chunk of `(timestamp_ms, f64)` samples compressed as it is appended.
+//!
+//! Timestamps are delta-of-delta coded (Gorilla). Values that are decimals with
+//! few digits are stored as integers scaled by `10^scale` and bit-packed as
+//! deltas or deltas-of-deltas at an adaptive width (VictoriaMetrics' idea, made
+//! streaming); anything else (NaN with its payload, ±Inf, -0.0, long floats)
+//! falls back to Gorilla XOR for that value, so every value round-trips
+//! bit-exactly. The byte layout is described in `fsdb/FORMAT.md`, section
+//! "Sample codec".
+//!
+//! The encoder writes every bit straight into its byte buffer and keeps the
+//! sample count in the header, so [`ChunkEncoder::bytes`] is a complete,
+//! decodable chunk after every [`ChunkEncoder::push`].
+
+use thiserror::Error;
+
+/// Format version, the first byte of every chunk.
+pub const FORMAT_VERSION: u8 = 1;
+/// Header: version byte, then the sample count as a little-endian `u32`.
+pub const HEADER_BYTES: usize = 5;
+/// The most samples one chunk holds (the header's count is a `u32`).
+pub const MAX_SAMPLES: usize = u32::MAX as usize;
+
+/// Largest decimal scale: `10^22` is the largest power of ten exact in an f64.
+const MAX_SCALE: u8 = 22;
+/// Largest magnitude of a scaled integer: every integer up to `2^53` is exact in an f64.
+const MAX_SCALED: f64 = 9_007_199_254_740_992.0;
+/// Samples per block of width statistics: the encoder reconsiders its packing
+/// after each block, so a burst widens it only for about a block.
+const BLOCK: u8 = 16;
+/// Bits spent by a packing change (`10` + dod + signed + 6 bits of width).
+const PACKING_CHANGE_BITS: u32 = 10;
+
+const POW10: [f64; MAX_SCALE as usize + 1] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Why a chunk could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    #[error("chunk of {len} bytes is shorter than its {HEADER_BYTES}-byte header")]
+    ShortHeader { len: usize },
+    #[error("chunk format version {version} is not supported (expected {FORMAT_VERSION})")]
+    UnknownVersion { version: u8 },
+    #[error("chunk claims {count} samples but its {body_bits} body bits cannot hold them")]
+    CountTooLarge { count: u32, body_bits: u64 },
+    #[error("chunk is truncated at sample {index} of {count}")]
+    Truncated { index: u32, count: u32 },
+    #[error("chunk is corrupted at sample {index}: {reason}")]
+    Corrupted { index: u32, reason: &'static str },
+}
+
+/// Result of the codec's fallible operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------
+// Bits
+
+/// Appends bits, most significant first, straight into a byte vector so that
+/// the vector is always the complete stream (the last byte zero-padded).
+#[derive(Debug, Clone)]
+struct BitWriter {
+    buf: Vec<u8>,
+    /// Unused low bits of the last byte of `buf`.
+    free: u32,
+}
+
+impl BitWriter {
+    fn write(&mut self, value: u64, n: u32) {
+        debug_assert!(n <= 64);
+        debug_assert!(n == 64 || value >> n == 0, "value wider than {n} bits");
+        let mut left = n;
+        while left > 0 {
+            if self.free == 0 {
+                self.grow();
+                self.buf.push(0);
+                self.free = 8;
+            }
+            let take = left.min(self.free);
+            let bits = (value >> (left - take)) & mask(take);
+            let last = self.buf.len() - 1;
+            self.buf[last] |= (bits << (self.free - take)) as u8;
+            self.free -= take;
+            left -= take;
+        }
+    }
+
+    /// Grows by a quarter instead of doubling: head chunks live in memory, and
+    /// a doubled buffer would waste up to half of it. Still amortized O(1).
+    fn grow(&mut self) {
+        if self.buf.len() == self.buf.capacity() {
+            let extra = (self.buf.len() / 4).max(16);
+            self.buf.reserve_exact(extra);
+        }
+    }
+}
+
+fn mask(n: u32) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// Reads bits written by [`BitWriter`]; reading past `end_bits` is an error.
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        BitReader {
+            data,
+            pos: 0,
+            end: data.len() as u64 * 8,
+        }
+    }
+
+    fn remaining(&self) -> u64 {
+        self.end - self.pos
+    }
+
+    /// Reads `n <= 64` bits, or `None` when fewer remain.
+    fn read(&mut self, n: u32) -> Option<u64> {
+        if n > 56 {
+            let high = self.read(n - 32)?;
+            let low = self.read(32)?;
+            return Some((high << 32) | low);
+        }
+        if u64::from(n) > self.remaining() {
+            return None;
+        }
+        if n == 0 {
+            return Some(0);
+        }
+        let byte = (self.pos / 8) as usize;
+        let mut word = [0u8; 8];
+        let avail = (self.data.len() - byte).min(8);
+        word[..avail].copy_from_slice(&self.data[byte..byte + avail]);
+        let shifted = u64::from_be_bytes(word) << (self.pos % 8);
+        self.pos += u64::from(n);
+        Some(shifted >> (64 - n))
+    }
+
+    fn bit(&mut self) -> Option<bool> {
+        self.read(1).map(|b| b == 1)
+    }
+
+    /// Counts leading one bits, reading at most `max` bits (the terminating
+    /// zero is consumed).
+    fn ones(&mut self, max: u32) -> Option<u32> {
+        let mut n = 0;
+        while n < max && self.bit()? {
+            n += 1;
+        }
+        Some(n)
+    }
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
+/// Bits needed to hold `u`.
+fn width(u: u64) -> u32 {
+    64 - u.leading_zeros()
+}
+
+// ---------------------------------------------------------------------------
+// Timestamps: delta-of-delta in buckets sized for millisecond clocks.
+
+/// `(prefix, prefix bits, payload bits)`; the last bucket holds any i64.
+const TS_BUCKETS: [(u64, u32, u32); 5] = [
+    (0b10, 2, 7),
+    (0b110, 3, 10),
+    (0b1110, 4, 16),
+    (0b11110, 5, 32),
+    (0b11111, 5, 64),
+];
+
+fn write_ts_dod(w: &mut BitWriter, dod: i64) {
+    if dod == 0 {
+        w.write(0, 1);
+        return;
+    }
+    let z = zigzag(dod);
+    for (prefix, prefix_bits, payload_bits) in TS_BUCKETS {
+        if width(z) <= payload_bits {
+            w.write(prefix, prefix_bits);
+            w.write(z, payload_bits);
+            return;
+        }
+    }
+    unreachable!("the last bucket holds 64 bits");
+}
+
+fn read_ts_dod(r: &mut BitReader) -> Option<i64> {
+    let ones = r.ones(TS_BUCKETS.len() as u32)?;
+    if ones == 0 {
+        return Some(0);
+    }
+    let (_, _, payload_bits) = TS_BUCKETS[ones as usize - 1];
+    r.read(payload_bits).map(unzigzag)
+}
+
+// ---------------------------------------------------------------------------
+// Values: state shared by the encoder and the decoder.
+
+/// How the scaled integer of the next decimal value is bit-packed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Packing {
+    /// Delta-of-delta of the scaled integer instead of its delta.
+    dod: bool,
+    /// Zigzag-coded (any sign) instead of a plain non-negative number.
+    signed: bool,
+    /// Payload bits, `0..=63`; zero means "the difference is 0".
+    width: u8,
+}
+
+impl Packing {
+    const ALL: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
+
+    /// The payload for this packing, if the value fits.
+    fn payload(self, delta: i64, dod: i64) -> Option<u64> {
+        let x = if self.dod { dod } else { delta };
+        let u = if self.signed {
+            zigzag(x)
+        } else if x >= 0 {
+            x as u64
+        } else {
+            return None;
+        };
+        (width(u) <= u32::from(self.width)).then_some(u)
+    }
+
+    /// The scaled-integer delta a payload stands for.
+    fn delta(self, payload: u64, prev_delta: i64) -> i64 {
+        let x = if self.signed {
+            unzigzag(payload)
+        } else {
+            payload as i64
+        };
+        if self.dod {
+            prev_delta.wrapping_add(x)
+        } else {
+            x
+        }
+    }
+}
+
+/// The value coder's state; the encoder and the decoder evolve it identically.
+#[derive(Debug, Clone)]
+struct ValueState {
+    /// Values are raw XOR floats (`true`) or scaled decimals (`false`).
+    float_mode: bool,
+    scale: u8,
+    /// The last decimal value as a scaled integer, and its last delta.
+    scaled: i64,
+    scaled_delta: i64,
+    packing: Packing,
+    /// Bits of the previous value, whatever its coding, for XOR.
+    prev_bits: u64,
+    /// The current XOR window: leading zeros and meaningful bits.
+    xor_lead: u8,
+    xor_len: u8,
+}
+
+impl ValueState {
+    fn new() -> Self {
+        ValueState {
+            float_mode: false,
+            scale: 0,
+            scaled: 0,
+            scaled_delta: 0,
+            packing: Packing {
+                dod: false,
+                signed: false,
+                width: 0,
+            },
+            prev_bits: 0f64.to_bits(),
+            xor_lead: 0,
+            xor_len: 64,
+        }
+    }
+
+    fn decimal_value(&self) -> f64 {
+        self.scaled as f64 / POW10[usize::from(self.scale)]
+    }
+}
+
+/// The scaled integer of `v` at `scale`, if `v` is exactly that decimal.
+fn scaled_at(v: f64, scale: u8) -> Option<i64> {
+    let p = POW10[usize::from(scale)];
+    let m = (v * p).round();
+    if m.is_nan() || m.abs() > MAX_SCALED {
+        return None;
+    }
+    let m = m as i64;
+    ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
+}
+
+/// The smallest scale at which `v` is an exact decimal, with its scaled integer.
+fn find_decimal(v: f64) -> Option<(u8, i64)> {
+    if !v.is_finite() || v.abs() > MAX_SCALED {
+        return None;
+    }
+    (0..=MAX_SCALE).find_map(|scale| scaled_at(v, scale).map(|m| (scale, m)))
+}
+
+fn write_xor_full(w: &mut BitWriter, s: &mut ValueState, bits: u64) {
+    let xor = bits ^ s.prev_bits;
+    if xor == 0 {
+        w.write(0, 1);
+        return;
+    }
+    w.write(1, 1);
+    write_xor_window(w, s, xor);
+}
+
+fn write_xor_window(w: &mut BitWriter, s: &mut ValueState, xor: u64) {
+    let lead = xor.leading_zeros().min(63);
+    let len = 64 - lead - xor.trailing_zeros();
+    w.write(u64::from(lead), 6);
+    w.write(u64::from(len - 1), 6);
+    w.write(xor >> (64 - lead - len), len);
+    s.xor_lead = lead as u8;
+    s.xor_len = len as u8;
+}
+
+fn read_xor_window(
+    r: &mut BitReader,
+    s: &mut ValueState,
+) -> Option<std::result::Result<u64, &'static str>> {
+    let lead = r.read(6)? as u32;
+    let len = r.read(6)? as u32 + 1;
+    if lead + len > 64 {
+        return Some(Err("xor window is wider than 64 bits"));
+    }
+    let meaningful = r.read(len)?;
+    s.xor_lead = lead as u8;
+    s.xor_len = len as u8;
+    Some(Ok(meaningful << (64 - lead - len)))
+}
+
+fn write_scale_change(w: &mut BitWriter, s: &mut ValueState, scale: u8, m: i64) {
+    let z = zigzag(m);
+    let n = width(z);
+    w.write(u64::from(scale), 5);
+    w.write(u64::from(n), 6);
+    w.write(z, n);
+    s.float_mode = false;
+    s.scale = scale;
+    s.scaled = m;
+    s.scaled_delta = 0;
+}
+
+// ---------------------------------------------------------------------------
+// Encoder
+
+/// Width statistics of the current block, one OR of payloads per packing kind,
+/// so the encoder can tell which packing would have been narrowest.
+#[derive(Debug, Clone, Default)]
+struct BlockStats {
+    samples: u8,
+    ors: [u64; 4],
+}
+
+impl BlockStats {
+    fn add(&mut self, delta: i64, dod: i64) {
+        for (k, (is_dod, signed)) in Packing::ALL.into_iter().enumerate() {
+            let x = if is_dod { dod } else { delta };
+            self.ors[k] |= match (signed, x >= 0) {
+                (true, _) => zigzag(x),
+                (false, true) => x as u64,
+                (false, false) => u64::MAX,
+            };
+        }
+        self.samples += 1;
+    }
+
+    /// The narrowest packing for every payload of the block; ties go to the
+    /// simpler kinds (delta before dod, unsigned before signed).
+    fn best(&self) -> Packing {
+        let mut best = None::<Packing>;
+        for (k, (dod, signed)) in Packing::ALL.into_iter().enumerate() {
+            let w = width(self.ors[k]);
+            if w > 63 {
+                continue;
+            }
+            if best.is_none_or(|b| w < u32::from(b.width)) {
+                best = Some(Packing {
+                    dod,
+                    signed,
+                    width: w as u8,
+                });
+            }
+        }
+        best.expect("a signed packing always fits the bounded scaled integers")
+    }
+}
+
+/// A chunk being appended to, one sample at a time; its bytes are a complete
+/// chunk at every moment.
+#[derive(Debug, Clone)]
+pub struct ChunkEncoder {
+    bits: BitWriter,
+    count: u32,
+    first_ts: i64,
+    last_ts: i64,
+    ts_delta: i64,
+    value: ValueState,
+    block: BlockStats,
+    /// A narrower packing chosen at the end of the last block, adopted by the
+    /// next value that fits it.
+    pending: Option<Packing>,
+    /// Consecutive values that needed the raw fallback in decimal mode.
+    raw_streak: u8,
+}
+
+impl Default for ChunkEncoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new() -> ChunkEncoder {
+        let mut buf = Vec::with_capacity(32);
+        buf.push(FORMAT_VERSION);
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        ChunkEncoder {
+            bits: BitWriter { buf, free: 0 },
+            count: 0,
+            first_ts: 0,
+            last_ts: 0,
+            ts_delta: 0,
+            value: ValueState::new(),
+            block: BlockStats::default(),
+            pending: None,
+            raw_streak: 0,
+        }
+    }
+
+    /// Appends one sample. Timestamps may come in any order.
+    ///
+    /// Panics if the chunk already holds [`MAX_SAMPLES`] samples: the store
+    /// seals chunks long before, so reaching it is a broken invariant.
+    pub fn push(&mut self, ts: i64, value: f64) {
+        assert!(
+            self.len() < MAX_SAMPLES,
+            "chunk is full ({MAX_SAMPLES} samples)"
+        );
+        if self.count == 0 {
+            self.bits.write(ts as u64, 64);
+            self.first_ts = ts;
+        } else {
+            let delta = ts.wrapping_sub(self.last_ts);
+            write_ts_dod(&mut self.bits, delta.wrapping_sub(self.ts_delta));
+            self.ts_delta = delta;
+        }
+        self.last_ts = ts;
+        self.push_value(value);
+        self.value.prev_bits = value.to_bits();
+        self.count += 1;
+        self.bits.buf[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    fn push_value(&mut self, v: f64) {
+        if self.value.float_mode {
+            return self.push_float_mode(v);
+        }
+        if let Some(m) = scaled_at(v, self.value.scale) {
+            self.raw_streak = 0;
+            return self.push_scaled(m);
+        }
+        // Code 110: a new scale; 1110: one raw value; 1111: switch to floats.
+        if let Some((scale, m)) = find_decimal(v) {
+            self.raw_streak = 0;
+            self.bits.write(0b110, 3);
+            write_scale_change(&mut self.bits, &mut self.value, scale, m);
+        } else if self.raw_streak == 0 {
+            self.raw_streak = 1;
+            self.bits.write(0b1110, 4);
+            write_xor_full(&mut self.bits, &mut self.value, v.to_bits());
+        } else {
+            self.raw_streak = 0;
+            self.bits.write(0b1111, 4);
+            write_xor_full(&mut self.bits, &mut self.value, v.to_bits());
+            self.value.float_mode = true;
+        }
+    }
+
+    /// A decimal value at the current scale: code 0 (current packing) or 10
+    /// (new packing), then the payload.
+    fn push_scaled(&mut self, m: i64) {
+        let s = &mut self.value;
+        let delta = m.wrapping_sub(s.scaled);
+        let dod = delta.wrapping_sub(s.scaled_delta);
+        self.block.add(delta, dod);
+        let pending = self
+            .pending
+            .and_then(|p| p.payload(delta, dod).map(|u| (p, u)));
+        match (pending, s.packing.payload(delta, dod)) {
+            (None, Some(u)) => {
+                self.bits.write(0, 1);
+                self.bits.write(u, u32::from(s.packing.width));
+            }
+            (pending, _) => {
+                let (p, u) = pending.unwrap_or_else(|| {
+                    let p = self.block.best();
+                    (
+                        p,
+                        p.payload(delta, dod)
+                            .expect("best packing covers the block"),
+                    )
+                });
+                let code = (0b10 << 8)
+                    | (u64::from(p.dod) << 7)
+                    | (u64::from(p.signed) << 6)
+                    | u64::from(p.width);
+                self.bits.write(code, PACKING_CHANGE_BITS);
+                self.bits.write(u, u32::from(p.width));
+                s.packing = p;
+                self.pending = None;
+            }
+        }
+        s.scaled = m;
+        s.scaled_delta = delta;
+        if self.block.samples == BLOCK {
+            self.end_block();
+        }
+    }
+
+    /// Plans a narrower packing when the last block shows it would pay for
+    /// its change code within one block.
+    fn end_block(&mut self) {
+        let best = self.block.best();
+        let current = self.value.packing;
+        let saved =
+            u32::from(current.width).saturating_sub(u32::from(best.width)) * u32::from(BLOCK);
+        self.pending = (saved > PACKING_CHANGE_BITS).then_some(best);
+        self.block = BlockStats::default();
+    }
+
+    /// Float mode codes: 0 same bits, 10 XOR in the current window, 110 XOR
+    /// with a new window, 111 back to decimals with a new scale.
+    fn push_float_mode(&mut self, v: f64) {
+        let s = &mut self.value;
+        if let Some((scale, m)) = find_decimal(v) {
+            self.bits.write(0b111, 3);
+            write_scale_change(&mut self.bits, s, scale, m);
+            return;
+        }
+        let xor = v.to_bits() ^ s.prev_bits;
+        if xor == 0 {
+            self.bits.write(0, 1);
+            return;
+        }
+        let lead = xor.leading_zeros();
+        let trail = xor.trailing_zeros();
+        let (w_lead, w_len) = (u32::from(s.xor_lead), u32::from(s.xor_len));
+        if lead >= w_lead && trail >= 64 - w_lead - w_len {
+            self.bits.write(0b10, 2);
+            self.bits.write(xor >> (64 - w_lead - w_len), w_len);
+        } else {
+            self.bits.write(0b110, 3);
+            write_xor_window(&mut self.bits, s, xor);
+        }
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Timestamp of the first sample pushed.
+    pub fn first_ts(&self) -> Option<i64> {
+        (self.count > 0).then_some(self.first_ts)
+    }
+
+    /// Timestamp of the last sample pushed (not the largest: order is the store's business).
+    pub fn last_ts(&self) -> Option<i64> {
+        (self.count > 0).then_some(self.last_ts)
+    }
+
+    /// The chunk so far, header included: [`decode`] reads it at any moment.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bits.buf
+    }
+
+    /// Heap memory held, capacity included, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.bits.buf.capacity()
+    }
+
+    /// Releases spare capacity, e.g. when a chunk is sealed.
+    pub fn shrink_to_fit(&mut self) {
+        self.bits.buf.shrink_to_fit();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Decoder
+
+/// Decodes a chunk lazily; yields `Err` once and then ends if the bytes are bad.
+pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(Error::ShortHeader { len: bytes.len() });
+    }
+    if bytes[0] != FORMAT_VERSION {
+        return Err(Error::UnknownVersion { version: bytes[0] });
+    }
+    let count = u32::from_le_bytes(bytes[1..HEADER_BYTES].try_into().expect("4 bytes"));
+    let body = &bytes[HEADER_BYTES..];
+    let body_bits = body.len() as u64 * 8;
+    // The first sample takes at least 65 bits, every other at least 2.
+    if count > 0 && body_bits < 65 + 2 * (u64::from(count) - 1) {
+        return Err(Error::CountTooLarge { count, body_bits });
+    }
+    Ok(ChunkIter {
+        reader: BitReader::new(body),
+        count,
+        index: 0,
+        last_ts: 0,
+        ts_delta: 0,
+        value: ValueState::new(),
+        failed: false,
+    })
+}
+
+/// Decodes a whole chunk, appending its samples to `out`.
+pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
+    let iter = decode(bytes)?;
+    out.reserve(iter.count as usize);
+    for sample in iter {
+        out.push(sample?);
+    }
+    Ok(())
+}
+
+/// Iterator over the samples of a chunk, see [`decode`].
+pub struct ChunkIter<'a> {
+    reader: BitReader<'a>,
+    count: u32,
+    index: u32,
+    last_ts: i64,
+    ts_delta: i64,
+    value: ValueState,
+    failed: bool,
+}
+
+impl ChunkIter<'_> {
+    /// Number of samples the chunk holds.
+    pub fn sample_count(&self) -> usize {
+        self.count as usize
+    }
+
+    fn truncated(&self) -> Error {
+        Error::Truncated {
+            index: self.index,
+            count: self.count,
+        }
+    }
+
+    fn corrupted(&self, reason: &'static str) -> Error {
+        Error::Corrupted {
+            index: self.index,
+            reason,
+        }
+    }
+
+    fn next_sample(&mut self) -> Result<(i64, f64)> {
+        let r = &mut self.reader;
+        let ts = if self.index == 0 {
+            r.read(64).map(|t| t as i64)
+        } else {
+            read_ts_dod(r).map(|dod| {
+                self.ts_delta = self.ts_delta.wrapping_add(dod);
+                self.last_ts.wrapping_add(self.ts_delta)
+            })
+        }
+        .ok_or_else(|| self.truncated())?;
+        self.last_ts = ts;
+        let value = match self.read_value() {
+            Some(Ok(v)) => v,
+            Some(Err(reason)) => return Err(self.corrupted(reason)),
+            None => return Err(self.truncated()),
+        };
+        self.value.prev_bits = value.to_bits();
+        if self.index + 1 == self.count {
+            self.check_padding()?;
+        }
+        self.index += 1;
+        Ok((ts, value))
+    }
+
+    fn read_value(&mut self) -> Option<std::result::Result<f64, &'static str>> {
+        if self.value.float_mode {
+            return self.read_float_mode();
+        }
+        let r = &mut self.reader;
+        let s = &mut self.value;
+        match r.ones(4)? {
+            0 => {
+                let u = r.read(u32::from(s.packing.width))?;
+                Some(Ok(apply_payload(s, u)))
+            }
+            1 => {
+                let code = r.read(8)?;
+                s.packing = Packing {
+                    dod: code & 0x80 != 0,
+                    signed: code & 0x40 != 0,
+                    width: (code & 0x3f) as u8,
+                };
+                let u = r.read(u32::from(s.packing.width))?;
+                Some(Ok(apply_payload(s, u)))
+            }
+            2 => read_scale_change(r, s),
+            n => {
+                let bits = match r.bit()? {
+                    false => s.prev_bits,
+                    true => match read_xor_window(r, s)? {
+                        Ok(xor) => s.prev_bits ^ xor,
+                        Err(reason) => return Some(Err(reason)),
+                    },
+                };
+                s.float_mode = n == 4;
+                Some(Ok(f64::from_bits(bits)))
+            }
+        }
+    }
+
+    fn read_float_mode(&mut self) -> Option<std::result::Result<f64, &'static str>> {
+        let r = &mut self.reader;
+        let s = &mut self.value;
+        let xor = match r.ones(3)? {
+            0 => 0,
+            1 => {
+                let (lead, len) = (u32::from(s.xor_lead), u32::from(s.xor_len));
+                r.read(len)? << (64 - lead - len)
+            }
+            2 => match read_xor_window(r, s)? {
+                Ok(xor) => xor,
+                Err(reason) => return Some(Err(reason)),
+            },
+            _ => return read_scale_change(r, s),
+        };
+        Some(Ok(f64::from_bits(s.prev_bits ^ xor)))
+    }
+
+    /// The encoder pads the last byte with zeros and writes nothing after it.
+    fn check_padding(&mut self) -> Result<()> {
+        let left = self.reader.remaining();
+        if left >= 8 {
+            return Err(self.corrupted("bytes after the last sample"));
+        }
+        if self.reader.read(left as u32) != Some(0) {
+            return Err(self.corrupted("non-zero padding after the last sample"));
+        }
+        Ok(())
+    }
+}
+
+fn apply_payload(s: &mut ValueState, payload: u64) -> f64 {
+    let delta = s.packing.delta(payload, s.scaled_delta);
+    s.scaled = s.scaled.wrapping_add(delta);
+    s.scaled_delta = delta;
+    s.decimal_value()
+}
+
+fn read_scale_change(
+    r: &mut BitReader,
+    s: &mut ValueState,
+) -> Option<std::result::Result<f64, &'static str>> {
+    let scale = r.read(5)? as u8;
+    let n = r.read(6)? as u32;
+    let m = unzigzag(r.read(n)?);
+    if scale > MAX_SCALE {
+        return Some(Err("decimal scale above 22"));
+    }
+    s.float_mode = false;
+    s.scale = scale;
+    s.scaled = m;
+    s.scaled_delta = 0;
+    Some(Ok(s.decimal_value()))
+}
+
+impl Iterator for ChunkIter<'_> {
+    type Item = Result<(i64, f64)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.index >= self.count {
+            return None;
+        }
+        let sample = self.next_sample();
+        self.failed = sample.is_err();
+        Some(sample)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = if self.failed {
+            0
+        } else {
+            (self.count - self.index) as usize
+        };
+        (0, Some(left))
+    }
+}
+
+#[cfg(test)]
+mod tests;

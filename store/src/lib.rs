@@ -5,6 +5,7 @@ pub mod error;
 mod head;
 mod memory;
 pub mod partition;
+pub mod query;
 pub mod series;
 pub mod source;
 mod store;

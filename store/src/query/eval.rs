@@ -60,11 +60,14 @@ pub(crate) fn without_name(labels: &Arc<Labels>) -> Arc<Labels> {
     ))
 }
 
+/// One series of a range vector: labels and samples.
+pub(crate) type RangeSeries = (Arc<Labels>, Vec<(i64, f64)>);
+
 /// A value during evaluation.
 pub(crate) enum Val {
     Scalar(f64),
     Vector(Vec<Elem>),
-    Matrix(Vec<(Arc<Labels>, Vec<(i64, f64)>)>),
+    Matrix(Vec<RangeSeries>),
     Str(String),
 }
 

@@ -153,10 +153,22 @@ fn dotted_metric_names() {
         "load.shortterm{resource=web01} 0.5",
     );
     check(&d, "sum(rate({\"load.shortterm\"}[1m]))", 10, "");
-    // promql-parser's lexer refuses a bare dotted name; the quoted forms above work.
+    // promql-parser's lexer refuses a bare dotted name; the engine retries quoted.
     check(
         &d,
         "load.shortterm",
+        10,
+        "load.shortterm{resource=web01} 0.5",
+    );
+    check(
+        &d,
+        "load.shortterm{resource=\"web01\"} * 2",
+        10,
+        "{resource=web01} 1",
+    );
+    check(
+        &d,
+        "load.shortterm{resource=\"web01\"",
         10,
         "error: parse error: unexpected character after '.': 's'",
     );

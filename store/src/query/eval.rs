@@ -301,6 +301,14 @@ fn select_groups(
     if start_ms > end_ms {
         return Vec::new();
     }
+    if let [only] = groups {
+        // Sources usually answer in label order; sort only when not.
+        let mut selected = source.select(only, start_ms, end_ms);
+        if !selected.is_sorted_by(|a, b| a.labels <= b.labels) {
+            selected.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
+        return selected;
+    }
     let mut merged = BTreeMap::new();
     for g in groups {
         for s in source.select(g, start_ms, end_ms) {

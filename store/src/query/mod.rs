@@ -154,8 +154,10 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64, opts: &QueryOptions) ->
             "end timestamp {end_ms} must not be before start time {start_ms}"
         )));
     }
-    let points = (end_ms.abs_diff(start_ms) / step_ms as u64).saturating_add(1);
-    if points > opts.max_points_per_series as u64 {
+    let intervals = end_ms.abs_diff(start_ms) / step_ms as u64;
+    let points = intervals.saturating_add(1);
+    // As Prometheus: the limit bounds the intervals, so it allows one more point.
+    if intervals > opts.max_points_per_series as u64 {
         return Err(QueryError::TooManyPoints {
             points,
             max: opts.max_points_per_series,

@@ -709,6 +709,16 @@ fn sources_merge_series() {
     let got = u.select(&[m], 0, 2_000);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].samples, vec![(1_000, 1.0), (2_000, 2.0)]);
+    // Unsorted input and a repeated series are merged, the later sample winning.
+    let v = VecSource::new(vec![
+        s("m", &[(3, 3.0), (1, 1.0)]),
+        s("m", &[(1, 10.0), (2, 2.0)]),
+    ]);
+    assert_eq!(v.series_count(), 1);
+    assert_eq!(
+        v.select(&[], 0, 5_000)[0].samples,
+        vec![(1_000, 10.0), (2_000, 2.0), (3_000, 3.0)]
+    );
     let all = u.select(&[], 0, 10_000);
     assert_eq!(
         all[0].samples,

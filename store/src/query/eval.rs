@@ -1,10 +1,12 @@
 //! The evaluator: loads every selector's data once, then evaluates the AST at each step.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
+use regex::Regex;
 
 use super::plan::{self, duration_ms, key, reference_ms};
 use super::{aggregate, binary, functions, QueryError, QueryOptions, Result, Value};
@@ -98,6 +100,8 @@ pub(crate) struct Window<'a> {
 
 pub(crate) struct Ctx {
     data: HashMap<usize, Vec<Series>>,
+    /// Regexes of function arguments, compiled once per query, not per step.
+    regexes: RefCell<HashMap<String, Regex>>,
     pub start_ms: i64,
     pub end_ms: i64,
     lookback_ms: i64,
@@ -145,6 +149,7 @@ impl Ctx {
         }
         Ok(Ctx {
             data,
+            regexes: RefCell::default(),
             start_ms,
             end_ms,
             lookback_ms: opts.lookback_ms,
@@ -244,6 +249,22 @@ impl Ctx {
                 "extension expressions are not supported".into(),
             )),
         }
+    }
+
+    /// A function argument's regex, anchored as in Prometheus, compiled once.
+    pub fn regex(&self, pattern: &str) -> Result<Regex> {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
+            QueryError::Execution(format!(
+                "invalid regular expression in label_replace(): {pattern}: {e}"
+            ))
+        })?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_string(), re.clone());
+        Ok(re)
     }
 
     fn series(&self, vs: &VectorSelector) -> &[Series] {

@@ -172,6 +172,7 @@ pub(crate) fn call(ctx: &Ctx, c: &Call, t: i64) -> Result<Val> {
         }
         "sort" | "sort_desc" => return sort(vector_arg(ctx, &args, 0, t)?, name == "sort_desc"),
         "absent" => return absent(ctx, &args, t),
+        "label_replace" => label_replace(ctx, &args, t)?,
         "abs" => simple(ctx, &args, t, f64::abs)?,
         "ceil" => simple(ctx, &args, t, f64::ceil)?,
         "floor" => simple(ctx, &args, t, f64::floor)?,
@@ -234,6 +235,16 @@ pub(crate) fn scalar_arg(ctx: &Ctx, args: &[&Expr], i: usize, t: i64) -> Result<
         Val::Scalar(v) => Ok(v),
         _ => Err(QueryError::Execution(format!(
             "argument {} must be a scalar",
+            i + 1
+        ))),
+    }
+}
+
+fn string_arg(ctx: &Ctx, args: &[&Expr], i: usize, t: i64) -> Result<String> {
+    match ctx.eval(arg(args, i)?, t)? {
+        Val::Str(s) => Ok(s),
+        _ => Err(QueryError::Execution(format!(
+            "argument {} must be a string",
             i + 1
         ))),
     }
@@ -462,4 +473,38 @@ fn instant_value(s: &[(i64, f64)], is_rate: bool) -> Option<f64> {
         v /= interval as f64 / 1000.0;
     }
     Some(v)
+}
+
+/// `label_replace(v, dst, replacement, src, regex)`: where the anchored
+/// regex matches label `src`, label `dst` becomes the expanded replacement
+/// (removed when empty); other elements pass unchanged, name included.
+fn label_replace(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
+    let v = vector_arg(ctx, args, 0, t)?;
+    let (dst, replacement) = (string_arg(ctx, args, 1, t)?, string_arg(ctx, args, 2, t)?);
+    let (src, regex) = (string_arg(ctx, args, 3, t)?, string_arg(ctx, args, 4, t)?);
+    if !super::aggregate::valid_label_name(&dst) {
+        return Err(QueryError::Execution(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    let re = ctx.regex(&regex)?;
+    Ok(v.into_iter()
+        .map(|e| {
+            let Some(caps) = re.captures(e.labels.get(&src).unwrap_or("")) else {
+                return e;
+            };
+            let mut value = String::new();
+            caps.expand(&replacement, &mut value);
+            let mut pairs: Vec<(String, String)> = e
+                .labels
+                .iter()
+                .filter(|(n, _)| *n != dst)
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            if !value.is_empty() {
+                pairs.push((dst.clone(), value));
+            }
+            Elem::new(Labels::new(pairs), e.value)
+        })
+        .collect())
 }

@@ -297,9 +297,55 @@ fn instant_vector_functions() {
     );
     check(
         &d,
-        "label_replace(g, \"a\", \"b\", \"c\", \"d\")",
+        "timestamp(g)",
         10,
-        "error: unsupported: unsupported function: label_replace",
+        "error: unsupported: unsupported function: timestamp",
+    );
+    check(
+        &d,
+        "label_replace(g, \"host\", \"$1-${1}\", \"resource\", \"(.*)\")",
+        10,
+        "g{host=a-a,resource=a} -2.5",
+    );
+    check(
+        &d,
+        "label_replace(g, \"host\", \"$1\", \"resource\", \"b\")",
+        10,
+        "g{resource=a} -2.5",
+    );
+    check(
+        &d,
+        "label_replace(g, \"host\", \"x\", \"nope\", \"\")",
+        10,
+        "g{host=x,resource=a} -2.5",
+    );
+    check(
+        &d,
+        "label_replace(g, \"resource\", \"\", \"resource\", \".*\")",
+        10,
+        "g{} -2.5",
+    );
+    check(
+        &d,
+        "label_replace({resource=\"a\"}, \"__name__\", \"\", \"resource\", \".*\")",
+        10,
+        "error: vector cannot contain metrics with the same labelset",
+    );
+    check(
+        &d,
+        "label_replace(g, \"bad-name\", \"\", \"resource\", \".*\")",
+        10,
+        "error: invalid destination label name in label_replace(): bad-name",
+    );
+    let source = VecSource::new(d.to_vec());
+    let e = instant_query(
+        &source,
+        "label_replace(g, \"a\", \"b\", \"c\", \"(\")",
+        10_000,
+        &QueryOptions::default(),
+    );
+    assert!(
+        matches!(e, Err(QueryError::Execution(m)) if m.starts_with("invalid regular expression"))
     );
     check_ordered(&cpu(), "sort(cpu)", 60, "cpu{mode=user,resource=vm1} 1\ncpu{mode=sys,resource=vm1} 2\ncpu{mode=user,resource=vm2} 3\ncpu{mode=sys,resource=vm2} 4");
     check_ordered(&cpu(), "sort_desc(cpu)", 60, "cpu{mode=sys,resource=vm2} 4\ncpu{mode=user,resource=vm2} 3\ncpu{mode=sys,resource=vm1} 2\ncpu{mode=user,resource=vm1} 1");

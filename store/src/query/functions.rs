@@ -123,6 +123,8 @@ enum RangeFn {
     Stdvar,
     Changes,
     Resets,
+    Deriv,
+    PredictLinear,
 }
 
 fn range_fn(name: &str) -> Option<RangeFn> {
@@ -144,6 +146,8 @@ fn range_fn(name: &str) -> Option<RangeFn> {
         "stdvar_over_time" => RangeFn::Stdvar,
         "changes" => RangeFn::Changes,
         "resets" => RangeFn::Resets,
+        "deriv" => RangeFn::Deriv,
+        "predict_linear" => RangeFn::PredictLinear,
         _ => return None,
     })
 }
@@ -330,15 +334,17 @@ fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<&'a MatrixSelector> {
 }
 
 fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
-    let (q, ms) = if f == RangeFn::Quantile {
-        (scalar_arg(ctx, args, 0, t)?, matrix_arg(args, 1)?)
-    } else {
-        (0.0, matrix_arg(args, 0)?)
+    // The scalar parameter: quantile_over_time's first argument,
+    // predict_linear's second (seconds ahead).
+    let (q, ms) = match f {
+        RangeFn::Quantile => (scalar_arg(ctx, args, 0, t)?, matrix_arg(args, 1)?),
+        RangeFn::PredictLinear => (scalar_arg(ctx, args, 1, t)?, matrix_arg(args, 0)?),
+        _ => (0.0, matrix_arg(args, 0)?),
     };
     let mut out = Vec::new();
     let mut scratch = Vec::new();
     for w in ctx.windows(ms, t) {
-        let Some(v) = range_value(f, &w, q, &mut scratch) else {
+        let Some(v) = range_value(f, &w, q, t, &mut scratch) else {
             continue;
         };
         // last_over_time acts like an offset, so it keeps the metric name.
@@ -357,7 +363,7 @@ fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
     Ok(Val::Vector(out))
 }
 
-fn range_value(f: RangeFn, w: &Window, q: f64, scratch: &mut Vec<f64>) -> Option<f64> {
+fn range_value(f: RangeFn, w: &Window, q: f64, t: i64, scratch: &mut Vec<f64>) -> Option<f64> {
     let s = w.samples;
     let values = || s.iter().map(|p| p.1);
     Some(match f {
@@ -395,6 +401,13 @@ fn range_value(f: RangeFn, w: &Window, q: f64, scratch: &mut Vec<f64>) -> Option
             .windows(2)
             .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
             .count() as f64,
+        // The intercept is taken near the samples to keep precision.
+        RangeFn::Deriv if s.len() >= 2 => linear_regression(s, s[0].0).0,
+        RangeFn::PredictLinear if s.len() >= 2 => {
+            let (slope, intercept) = linear_regression(s, t);
+            slope * q + intercept
+        }
+        RangeFn::Deriv | RangeFn::PredictLinear => return None,
         RangeFn::Resets => s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
     })
 }
@@ -507,4 +520,35 @@ fn label_replace(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
             Elem::new(Labels::new(pairs), e.value)
         })
         .collect())
+}
+
+/// Prometheus' `linearRegression`: least squares with Kahan sums over
+/// seconds relative to `intercept_ms`; `(slope, intercept)`.
+fn linear_regression(s: &[(i64, f64)], intercept_ms: i64) -> (f64, f64) {
+    let init_y = s[0].1;
+    let mut const_y = true;
+    let (mut n, mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    for (i, &(ts, v)) in s.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (ts - intercept_ms) as f64 / 1e3;
+        (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_inc(v, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_inc(x * x, sum_x2, c_x2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    (slope, sum_y / n - slope * sum_x / n)
 }

@@ -249,6 +249,11 @@ fn over_time_functions() {
         "{resource=a} 1.118033988749895",
     );
     check(&d, "changes(g[1m])", 60, "{resource=a} 3");
+    // One per 15 s: slope 1/15 per second; at 60 s the line is at 4.
+    check(&d, "deriv(g[1m])", 60, "{resource=a} 0.06666666666666667");
+    check(&d, "predict_linear(g[1m], 150)", 60, "{resource=a} 14");
+    check(&d, "deriv(g[15s])", 60, "");
+    check(&d, "deriv(g[1m] offset 1m)", 60, "");
     check(&d, "avg_over_time(g[30s])", 60, "{resource=a} 3.5");
     check(
         &d,

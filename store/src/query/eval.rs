@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use promql_parser::parser::value::ValueType;
-use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
+use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 use regex::Regex;
 
-use super::plan::{self, duration_ms, key, reference_ms};
+use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
 use super::{aggregate, binary, functions, QueryError, QueryOptions, Result, Value};
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 
@@ -98,7 +98,16 @@ pub(crate) struct Window<'a> {
     pub range_ms: i64,
 }
 
+/// A subquery evaluated at one outer time: series and their window.
+pub(crate) struct SubqueryResult {
+    pub series: Vec<Series>,
+    pub range_start_ms: i64,
+    pub range_end_ms: i64,
+    pub range_ms: i64,
+}
+
 pub(crate) struct Ctx {
+    max_subquery_points: usize,
     data: HashMap<usize, Vec<Series>>,
     /// Regexes of function arguments, compiled once per query, not per step.
     regexes: RefCell<HashMap<String, Regex>>,
@@ -148,6 +157,7 @@ impl Ctx {
             data.insert(p.key, series);
         }
         Ok(Ctx {
+            max_subquery_points: opts.max_points_per_series,
             data,
             regexes: RefCell::default(),
             start_ms,
@@ -242,8 +252,12 @@ impl Ctx {
             Expr::Call(c) => functions::call(self, c, t),
             Expr::Aggregate(a) => aggregate::aggregate(self, a, t),
             Expr::Binary(b) => binary::binary(self, b, t),
-            Expr::Subquery(_) => Err(QueryError::Unsupported(
-                "subqueries are not supported".into(),
+            Expr::Subquery(sq) => Ok(Val::Matrix(
+                self.subquery(sq, t)?
+                    .series
+                    .into_iter()
+                    .map(|s| (s.labels, s.samples))
+                    .collect(),
             )),
             Expr::Extension(_) => Err(QueryError::Unsupported(
                 "extension expressions are not supported".into(),
@@ -287,6 +301,54 @@ impl Ctx {
                 })
             })
             .collect()
+    }
+
+    /// A subquery's series at outer time `t`: its expression evaluated at
+    /// each of its steps in the window.
+    pub fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<SubqueryResult> {
+        let (first, end, step) = subquery_times(sq, t, self.start_ms, self.end_ms);
+        let points = if end < first {
+            0
+        } else {
+            (end - first) / step + 1
+        };
+        if points > self.max_subquery_points as i64 {
+            return Err(QueryError::TooManyPoints {
+                points: points as u64,
+                max: self.max_subquery_points,
+            });
+        }
+        let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+        let mut series: Vec<Series> = Vec::new();
+        for k in 0..points {
+            let ts = first + k * step;
+            let elems = match self.eval(&sq.expr, ts)? {
+                Val::Vector(v) => v,
+                Val::Scalar(v) => vec![Elem::new(Labels::default(), v)],
+                _ => {
+                    return Err(QueryError::Execution(
+                        "subquery needs an instant vector".into(),
+                    ))
+                }
+            };
+            for e in elems {
+                let i = *index.entry(e.labels.clone()).or_insert_with(|| {
+                    series.push(Series {
+                        labels: e.labels.clone(),
+                        unnamed: e.unnamed.clone(),
+                        samples: Vec::new(),
+                    });
+                    series.len() - 1
+                });
+                series[i].samples.push((ts, e.value));
+            }
+        }
+        Ok(SubqueryResult {
+            series,
+            range_start_ms: end.saturating_sub(duration_ms(&sq.range)),
+            range_end_ms: end,
+            range_ms: duration_ms(&sq.range),
+        })
     }
 
     /// Each series' samples in `(t - range, t]`, series without any skipped.

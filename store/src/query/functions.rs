@@ -1,6 +1,6 @@
 //! PromQL functions: range-vector functions (rate, *_over_time, ...) and instant-vector ones (abs, clamp, sort, ...).
 
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr};
 
 use super::eval::{check_unique, Ctx, Elem, Val, Window};
 use super::{QueryError, Result};
@@ -316,18 +316,22 @@ fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
     Ok(Val::Vector(vec![Elem::new(Labels::new(pairs), 1.0)]))
 }
 
-fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<&'a MatrixSelector> {
+/// A range-vector argument: a selector, or a subquery.
+enum RangeArg<'a> {
+    Selector(&'a MatrixSelector),
+    Subquery(&'a SubqueryExpr),
+}
+
+fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<RangeArg<'a>> {
     let mut e = arg(args, i)?;
     while let Expr::Paren(p) = e {
         e = &p.expr;
     }
     match e {
-        Expr::MatrixSelector(ms) => Ok(ms),
-        Expr::Subquery(_) => Err(QueryError::Unsupported(
-            "subqueries are not supported".into(),
-        )),
+        Expr::MatrixSelector(ms) => Ok(RangeArg::Selector(ms)),
+        Expr::Subquery(sq) => Ok(RangeArg::Subquery(sq)),
         _ => Err(QueryError::Execution(format!(
-            "argument {} must be a range vector selector",
+            "argument {} must be a range vector",
             i + 1
         ))),
     }
@@ -336,15 +340,33 @@ fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<&'a MatrixSelector> {
 fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
     // The scalar parameter: quantile_over_time's first argument,
     // predict_linear's second (seconds ahead).
-    let (q, ms) = match f {
+    let (q, range) = match f {
         RangeFn::Quantile => (scalar_arg(ctx, args, 0, t)?, matrix_arg(args, 1)?),
         RangeFn::PredictLinear => (scalar_arg(ctx, args, 1, t)?, matrix_arg(args, 0)?),
         _ => (0.0, matrix_arg(args, 0)?),
     };
+    let sub;
+    let windows: Vec<Window> = match range {
+        RangeArg::Selector(ms) => ctx.windows(ms, t).collect(),
+        RangeArg::Subquery(sq) => {
+            sub = ctx.subquery(sq, t)?;
+            sub.series
+                .iter()
+                .filter(|s| !s.samples.is_empty())
+                .map(|s| Window {
+                    series: s,
+                    samples: &s.samples,
+                    range_start_ms: sub.range_start_ms,
+                    range_end_ms: sub.range_end_ms,
+                    range_ms: sub.range_ms,
+                })
+                .collect()
+        }
+    };
     let mut out = Vec::new();
     let mut scratch = Vec::new();
-    for w in ctx.windows(ms, t) {
-        let Some(v) = range_value(f, &w, q, t, &mut scratch) else {
+    for w in &windows {
+        let Some(v) = range_value(f, w, q, t, &mut scratch) else {
             continue;
         };
         // last_over_time acts like an offset, so it keeps the metric name.

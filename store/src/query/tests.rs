@@ -249,6 +249,24 @@ fn over_time_functions() {
         "{resource=a} 1.118033988749895",
     );
     check(&d, "changes(g[1m])", 60, "{resource=a} 3");
+    // Subqueries: steps aligned to multiples of the step in (t - range, t].
+    check(&d, "max_over_time(g[1m:15s])", 60, "{resource=a} 4");
+    check(&d, "avg_over_time(g[1m:30s])", 60, "{resource=a} 3");
+    check(&d, "g[1m:30s]", 60, "g{resource=a} 2@30 4@60");
+    check(
+        &d,
+        "max_over_time(g[30s:15s] offset 15s)",
+        60,
+        "{resource=a} 3",
+    );
+    check(&d, "increase(g[1m:15s])", 60, "{resource=a} 4");
+    check(
+        &d,
+        "max_over_time(deriv(g[30s])[1m:15s])",
+        60,
+        "{resource=a} 0.06666666666666667",
+    );
+    check(&d, "g[1d:1s]", 60, "error: exceeded maximum resolution of 11000 points per timeseries (86400 requested), try decreasing the query resolution (?step=XX)");
     // One per 15 s: slope 1/15 per second; at 60 s the line is at 4.
     check(&d, "deriv(g[1m])", 60, "{resource=a} 0.06666666666666667");
     check(&d, "predict_linear(g[1m], 150)", 60, "{resource=a} 14");
@@ -656,8 +674,8 @@ fn errors_and_limits() {
     let o = QueryOptions::default();
     let e = instant_query(&source, "sum(", 0, &o).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::BadData);
-    let e = instant_query(&source, "cpu[5m:1m]", 0, &o).unwrap_err();
-    assert!(matches!(e, QueryError::Unsupported(_)), "{e}");
+    let e = instant_query(&source, "cpu[5m] @ 1 + x", 0, &o).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::BadData);
     let few = QueryOptions {
         max_series: 3,
         ..QueryOptions::default()
@@ -791,6 +809,8 @@ mod prop {
         "topk(1, m)",
         "m and m{k=\"1\"}",
         "count(m) + time()",
+        "max_over_time(rate(m[1m])[2m:20s])",
+        "sum_over_time(m[1m:7s] offset 10s)",
     ];
 
     fn series() -> impl Strategy<Value = Vec<SeriesData>> {

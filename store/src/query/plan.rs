@@ -93,7 +93,7 @@ pub(crate) fn subquery_times(
     // Go's truncating division, as Prometheus aligns subquery steps.
     let mut first = step * (window_start / step);
     if first <= window_start {
-        first += step;
+        first = first.saturating_add(step);
     }
     (first, end, step)
 }

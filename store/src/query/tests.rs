@@ -848,6 +848,69 @@ mod prop {
         }
     }
 
+    const TOKENS: &[&str] = &[
+        "m",
+        "load.shortterm",
+        "{",
+        "}",
+        "(",
+        ")",
+        "[",
+        "]",
+        "5m",
+        ":",
+        "1s",
+        "\"a\"",
+        "resource",
+        "=",
+        "=~",
+        "!=",
+        ",",
+        "+",
+        "/",
+        ">",
+        "bool",
+        "on",
+        "(resource)",
+        "group_left",
+        "sum",
+        "by",
+        "topk",
+        "rate",
+        "avg_over_time",
+        "offset",
+        "@",
+        "-",
+        "1e308",
+        "NaN",
+        "0",
+        "or",
+        "unless",
+        "label_replace",
+        "count_values",
+        "quantile",
+        "absent",
+        "scalar",
+        "vector",
+        "time()",
+        "start()",
+        "-1",
+        "Inf",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any token soup is an answer or an error, never a panic.
+        #[test]
+        fn arbitrary_queries_never_panic(tokens in proptest::collection::vec(0..TOKENS.len(), 1..14), t in -1_000i64..1_000) {
+            let source = VecSource::new(vec![s("m{resource=a}", &[(0, 1.0), (30, 2.0)])]);
+            let q: Vec<&str> = tokens.iter().map(|&i| TOKENS[i]).collect();
+            let q = q.join(" ");
+            let _ = instant_query(&source, &q, t * 1000, &QueryOptions::default());
+            let _ = range_query(&source, &q, t * 1000, t * 1000 + 60_000, 15_000, &QueryOptions::default());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// A range query equals the instant query at each of its steps.

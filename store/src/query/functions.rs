@@ -1,6 +1,6 @@
 //! PromQL functions: range-vector functions (rate, *_over_time, ...) and instant-vector ones (abs, clamp, sort, ...).
 
-use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr};
+use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 
 use super::eval::{check_unique, Ctx, Elem, Val, Window};
 use super::{QueryError, Result};
@@ -176,6 +176,7 @@ pub(crate) fn call(ctx: &Ctx, c: &Call, t: i64) -> Result<Val> {
         }
         "sort" | "sort_desc" => return sort(vector_arg(ctx, &args, 0, t)?, name == "sort_desc"),
         "absent" => return absent(ctx, &args, t),
+        "absent_over_time" => return absent_over_time(ctx, &args, t),
         "label_replace" => label_replace(ctx, &args, t)?,
         "abs" => simple(ctx, &args, t, f64::abs)?,
         "ceil" => simple(ctx, &args, t, f64::ceil)?,
@@ -288,15 +289,37 @@ fn sort(mut v: Vec<Elem>, descending: bool) -> Result<Val> {
 /// `absent(v)`: nothing if `v` has elements, else 1 labelled with the
 /// selector's equality matchers (a label matched twice is left out).
 fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
-    let a = arg(args, 0)?;
     if !vector_arg(ctx, args, 0, t)?.is_empty() {
         return Ok(Val::Vector(Vec::new()));
     }
-    let vs = match a {
+    let vs = match arg(args, 0)? {
         Expr::VectorSelector(vs) => Some(vs),
-        Expr::MatrixSelector(ms) => Some(&ms.vs),
         _ => None,
     };
+    Ok(Val::Vector(vec![Elem::new(absent_labels(vs), 1.0)]))
+}
+
+/// `absent_over_time(m[r])`: like `absent`, for a window.
+fn absent_over_time(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
+    let (present, vs) = match matrix_arg(args, 0)? {
+        RangeArg::Selector(ms) => (ctx.windows(ms, t).next().is_some(), Some(&ms.vs)),
+        RangeArg::Subquery(sq) => (
+            ctx.subquery(sq, t)?
+                .series
+                .iter()
+                .any(|s| !s.samples.is_empty()),
+            None,
+        ),
+    };
+    if present {
+        return Ok(Val::Vector(Vec::new()));
+    }
+    Ok(Val::Vector(vec![Elem::new(absent_labels(vs), 1.0)]))
+}
+
+/// The labels `absent` reports: the selector's equality matchers, minus
+/// the name and any label matched twice.
+fn absent_labels(vs: Option<&VectorSelector>) -> Labels {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut conflicts: Vec<String> = Vec::new();
     let matchers = vs
@@ -313,7 +336,7 @@ fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
         }
     }
     pairs.retain(|(n, _)| !conflicts.contains(n));
-    Ok(Val::Vector(vec![Elem::new(Labels::new(pairs), 1.0)]))
+    Labels::new(pairs)
 }
 
 /// A range-vector argument: a selector, or a subquery.

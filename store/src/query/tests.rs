@@ -304,6 +304,15 @@ fn instant_vector_functions() {
     check(&d, "vector(time())", 10, "{} 10");
     check(&d, "scalar(h)", 10, "scalar 2.5");
     check(&d, "scalar({resource=\"a\"})", 10, "scalar NaN");
+    check(&d, "absent_over_time(h[1m])", 30, "");
+    check(&d, "absent_over_time(h[1m])", 71, "{} 1");
+    check(
+        &d,
+        "absent_over_time(nope{resource=\"b\"}[1m])",
+        10,
+        "{resource=b} 1",
+    );
+    check(&d, "absent_over_time(h[1m:10s])", 30, "");
     check(&d, "absent(h)", 10, "");
     check(
         &d,

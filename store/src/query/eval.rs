@@ -287,20 +287,28 @@ impl Ctx {
 
     /// The newest sample of each series in `(t - lookback, t]`.
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Elem> {
-        let at = reference_ms(vs, t, self.start_ms, self.end_ms);
-        let oldest = at.saturating_sub(self.lookback_ms);
-        self.series(vs)
-            .iter()
-            .filter_map(|s| {
-                let i = s.samples.partition_point(|p| p.0 <= at);
-                let (ts, v) = *s.samples.get(i.checked_sub(1)?)?;
-                (ts > oldest).then(|| Elem {
-                    labels: s.labels.clone(),
-                    unnamed: s.unnamed.clone(),
-                    value: v,
-                })
+        self.newest_samples(vs, t)
+            .map(|(s, _, v)| Elem {
+                labels: s.labels.clone(),
+                unnamed: s.unnamed.clone(),
+                value: v,
             })
             .collect()
+    }
+
+    /// Each series with its newest sample in `(t - lookback, t]`, as `(series, timestamp_ms, value)`.
+    pub fn newest_samples<'a>(
+        &'a self,
+        vs: &'a VectorSelector,
+        t: i64,
+    ) -> impl Iterator<Item = (&'a Series, i64, f64)> + 'a {
+        let at = reference_ms(vs, t, self.start_ms, self.end_ms);
+        let oldest = at.saturating_sub(self.lookback_ms);
+        self.series(vs).iter().filter_map(move |s| {
+            let i = s.samples.partition_point(|p| p.0 <= at);
+            let (ts, v) = *s.samples.get(i.checked_sub(1)?)?;
+            (ts > oldest).then_some((s, ts, v))
+        })
     }
 
     /// A subquery's series at outer time `t`: its expression evaluated at

@@ -177,6 +177,7 @@ pub(crate) fn call(ctx: &Ctx, c: &Call, t: i64) -> Result<Val> {
         "sort" | "sort_desc" => return sort(vector_arg(ctx, &args, 0, t)?, name == "sort_desc"),
         "absent" => return absent(ctx, &args, t),
         "absent_over_time" => return absent_over_time(ctx, &args, t),
+        "timestamp" => timestamp(ctx, &args, t)?,
         "label_replace" => label_replace(ctx, &args, t)?,
         "abs" => simple(ctx, &args, t, f64::abs)?,
         "ceil" => simple(ctx, &args, t, f64::ceil)?,
@@ -297,6 +298,26 @@ fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
         _ => None,
     };
     Ok(Val::Vector(vec![Elem::new(absent_labels(vs), 1.0)]))
+}
+
+/// `timestamp(v)`: a selected sample's own time in seconds; for any other
+/// expression, the evaluation time.
+fn timestamp(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
+    let mut e = arg(args, 0)?;
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    if let Expr::VectorSelector(vs) = e {
+        return Ok(ctx
+            .newest_samples(vs, t)
+            .map(|(s, ts, _)| Elem {
+                labels: s.unnamed.clone(),
+                unnamed: s.unnamed.clone(),
+                value: ts as f64 / 1000.0,
+            })
+            .collect());
+    }
+    simple(ctx, args, t, |_| t as f64 / 1000.0)
 }
 
 /// `absent_over_time(m[r])`: like `absent`, for a window.

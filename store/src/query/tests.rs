@@ -327,11 +327,14 @@ fn instant_vector_functions() {
         10,
         "error: vector cannot contain metrics with the same labelset",
     );
+    check(&d, "timestamp(g)", 70, "{resource=a} 10");
+    check(&d, "timestamp(g offset 30s)", 70, "{resource=a} 10");
+    check(&d, "timestamp(abs(g))", 70, "{resource=a} 70");
     check(
         &d,
-        "timestamp(g)",
+        "histogram_quantile(0.9, g)",
         10,
-        "error: unsupported: unsupported function: timestamp",
+        "error: unsupported: unsupported function: histogram_quantile",
     );
     check(
         &d,

@@ -248,7 +248,7 @@ fn format_value(v: f64) -> String {
     }
 }
 
-fn valid_label_name(s: &str) -> bool {
+pub(crate) fn valid_label_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars
         .next()

@@ -1,12 +1,14 @@
 //! The evaluator: loads every selector's data once, then evaluates the AST at each step.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use promql_parser::parser::value::ValueType;
-use promql_parser::parser::{Expr, MatrixSelector, VectorSelector};
+use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
+use regex::Regex;
 
-use super::plan::{self, duration_ms, key, reference_ms};
+use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
 use super::{aggregate, binary, functions, QueryError, QueryOptions, Result, Value};
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 
@@ -60,11 +62,14 @@ pub(crate) fn without_name(labels: &Arc<Labels>) -> Arc<Labels> {
     ))
 }
 
+/// One series of a range vector: labels and samples.
+pub(crate) type RangeSeries = (Arc<Labels>, Vec<(i64, f64)>);
+
 /// A value during evaluation.
 pub(crate) enum Val {
     Scalar(f64),
     Vector(Vec<Elem>),
-    Matrix(Vec<(Arc<Labels>, Vec<(i64, f64)>)>),
+    Matrix(Vec<RangeSeries>),
     Str(String),
 }
 
@@ -93,8 +98,19 @@ pub(crate) struct Window<'a> {
     pub range_ms: i64,
 }
 
+/// A subquery evaluated at one outer time: series and their window.
+pub(crate) struct SubqueryResult {
+    pub series: Vec<Series>,
+    pub range_start_ms: i64,
+    pub range_end_ms: i64,
+    pub range_ms: i64,
+}
+
 pub(crate) struct Ctx {
+    max_subquery_points: usize,
     data: HashMap<usize, Vec<Series>>,
+    /// Regexes of function arguments, compiled once per query, not per step.
+    regexes: RefCell<HashMap<String, Regex>>,
     pub start_ms: i64,
     pub end_ms: i64,
     lookback_ms: i64,
@@ -141,7 +157,9 @@ impl Ctx {
             data.insert(p.key, series);
         }
         Ok(Ctx {
+            max_subquery_points: opts.max_points_per_series,
             data,
+            regexes: RefCell::default(),
             start_ms,
             end_ms,
             lookback_ms: opts.lookback_ms,
@@ -234,13 +252,33 @@ impl Ctx {
             Expr::Call(c) => functions::call(self, c, t),
             Expr::Aggregate(a) => aggregate::aggregate(self, a, t),
             Expr::Binary(b) => binary::binary(self, b, t),
-            Expr::Subquery(_) => Err(QueryError::Unsupported(
-                "subqueries are not supported".into(),
+            Expr::Subquery(sq) => Ok(Val::Matrix(
+                self.subquery(sq, t)?
+                    .series
+                    .into_iter()
+                    .map(|s| (s.labels, s.samples))
+                    .collect(),
             )),
             Expr::Extension(_) => Err(QueryError::Unsupported(
                 "extension expressions are not supported".into(),
             )),
         }
+    }
+
+    /// A function argument's regex, anchored as in Prometheus, compiled once.
+    pub fn regex(&self, pattern: &str) -> Result<Regex> {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
+            QueryError::Execution(format!(
+                "invalid regular expression in label_replace(): {pattern}: {e}"
+            ))
+        })?;
+        self.regexes
+            .borrow_mut()
+            .insert(pattern.to_string(), re.clone());
+        Ok(re)
     }
 
     fn series(&self, vs: &VectorSelector) -> &[Series] {
@@ -249,20 +287,76 @@ impl Ctx {
 
     /// The newest sample of each series in `(t - lookback, t]`.
     fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<Elem> {
-        let at = reference_ms(vs, t, self.start_ms, self.end_ms);
-        let oldest = at.saturating_sub(self.lookback_ms);
-        self.series(vs)
-            .iter()
-            .filter_map(|s| {
-                let i = s.samples.partition_point(|p| p.0 <= at);
-                let (ts, v) = *s.samples.get(i.checked_sub(1)?)?;
-                (ts > oldest).then(|| Elem {
-                    labels: s.labels.clone(),
-                    unnamed: s.unnamed.clone(),
-                    value: v,
-                })
+        self.newest_samples(vs, t)
+            .map(|(s, _, v)| Elem {
+                labels: s.labels.clone(),
+                unnamed: s.unnamed.clone(),
+                value: v,
             })
             .collect()
+    }
+
+    /// Each series with its newest sample in `(t - lookback, t]`, as `(series, timestamp_ms, value)`.
+    pub fn newest_samples<'a>(
+        &'a self,
+        vs: &'a VectorSelector,
+        t: i64,
+    ) -> impl Iterator<Item = (&'a Series, i64, f64)> + 'a {
+        let at = reference_ms(vs, t, self.start_ms, self.end_ms);
+        let oldest = at.saturating_sub(self.lookback_ms);
+        self.series(vs).iter().filter_map(move |s| {
+            let i = s.samples.partition_point(|p| p.0 <= at);
+            let (ts, v) = *s.samples.get(i.checked_sub(1)?)?;
+            (ts > oldest).then_some((s, ts, v))
+        })
+    }
+
+    /// A subquery's series at outer time `t`: its expression evaluated at
+    /// each of its steps in the window.
+    pub fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<SubqueryResult> {
+        let (first, end, step) = subquery_times(sq, t, self.start_ms, self.end_ms);
+        let points = if end < first {
+            0
+        } else {
+            (end - first) / step + 1
+        };
+        if points > self.max_subquery_points as i64 {
+            return Err(QueryError::TooManyPoints {
+                points: points as u64,
+                max: self.max_subquery_points,
+            });
+        }
+        let mut index: HashMap<Arc<Labels>, usize> = HashMap::new();
+        let mut series: Vec<Series> = Vec::new();
+        for k in 0..points {
+            let ts = first + k * step;
+            let elems = match self.eval(&sq.expr, ts)? {
+                Val::Vector(v) => v,
+                Val::Scalar(v) => vec![Elem::new(Labels::default(), v)],
+                _ => {
+                    return Err(QueryError::Execution(
+                        "subquery needs an instant vector".into(),
+                    ))
+                }
+            };
+            for e in elems {
+                let i = *index.entry(e.labels.clone()).or_insert_with(|| {
+                    series.push(Series {
+                        labels: e.labels.clone(),
+                        unnamed: e.unnamed.clone(),
+                        samples: Vec::new(),
+                    });
+                    series.len() - 1
+                });
+                series[i].samples.push((ts, e.value));
+            }
+        }
+        Ok(SubqueryResult {
+            series,
+            range_start_ms: end.saturating_sub(duration_ms(&sq.range)),
+            range_end_ms: end,
+            range_ms: duration_ms(&sq.range),
+        })
     }
 
     /// Each series' samples in `(t - range, t]`, series without any skipped.
@@ -297,6 +391,14 @@ fn select_groups(
 ) -> Vec<SeriesData> {
     if start_ms > end_ms {
         return Vec::new();
+    }
+    if let [only] = groups {
+        // Sources usually answer in label order; sort only when not.
+        let mut selected = source.select(only, start_ms, end_ms);
+        if !selected.is_sorted_by(|a, b| a.labels <= b.labels) {
+            selected.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
+        return selected;
     }
     let mut merged = BTreeMap::new();
     for g in groups {

@@ -1,6 +1,6 @@
 //! PromQL functions: range-vector functions (rate, *_over_time, ...) and instant-vector ones (abs, clamp, sort, ...).
 
-use promql_parser::parser::{Call, Expr, MatrixSelector};
+use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 
 use super::eval::{check_unique, Ctx, Elem, Val, Window};
 use super::{QueryError, Result};
@@ -123,6 +123,8 @@ enum RangeFn {
     Stdvar,
     Changes,
     Resets,
+    Deriv,
+    PredictLinear,
 }
 
 fn range_fn(name: &str) -> Option<RangeFn> {
@@ -144,6 +146,8 @@ fn range_fn(name: &str) -> Option<RangeFn> {
         "stdvar_over_time" => RangeFn::Stdvar,
         "changes" => RangeFn::Changes,
         "resets" => RangeFn::Resets,
+        "deriv" => RangeFn::Deriv,
+        "predict_linear" => RangeFn::PredictLinear,
         _ => return None,
     })
 }
@@ -172,6 +176,9 @@ pub(crate) fn call(ctx: &Ctx, c: &Call, t: i64) -> Result<Val> {
         }
         "sort" | "sort_desc" => return sort(vector_arg(ctx, &args, 0, t)?, name == "sort_desc"),
         "absent" => return absent(ctx, &args, t),
+        "absent_over_time" => return absent_over_time(ctx, &args, t),
+        "timestamp" => timestamp(ctx, &args, t)?,
+        "label_replace" => label_replace(ctx, &args, t)?,
         "abs" => simple(ctx, &args, t, f64::abs)?,
         "ceil" => simple(ctx, &args, t, f64::ceil)?,
         "floor" => simple(ctx, &args, t, f64::floor)?,
@@ -239,6 +246,16 @@ pub(crate) fn scalar_arg(ctx: &Ctx, args: &[&Expr], i: usize, t: i64) -> Result<
     }
 }
 
+fn string_arg(ctx: &Ctx, args: &[&Expr], i: usize, t: i64) -> Result<String> {
+    match ctx.eval(arg(args, i)?, t)? {
+        Val::Str(s) => Ok(s),
+        _ => Err(QueryError::Execution(format!(
+            "argument {} must be a string",
+            i + 1
+        ))),
+    }
+}
+
 fn vector_arg(ctx: &Ctx, args: &[&Expr], i: usize, t: i64) -> Result<Vec<Elem>> {
     match ctx.eval(arg(args, i)?, t)? {
         Val::Vector(v) => Ok(v),
@@ -273,15 +290,57 @@ fn sort(mut v: Vec<Elem>, descending: bool) -> Result<Val> {
 /// `absent(v)`: nothing if `v` has elements, else 1 labelled with the
 /// selector's equality matchers (a label matched twice is left out).
 fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
-    let a = arg(args, 0)?;
     if !vector_arg(ctx, args, 0, t)?.is_empty() {
         return Ok(Val::Vector(Vec::new()));
     }
-    let vs = match a {
+    let vs = match arg(args, 0)? {
         Expr::VectorSelector(vs) => Some(vs),
-        Expr::MatrixSelector(ms) => Some(&ms.vs),
         _ => None,
     };
+    Ok(Val::Vector(vec![Elem::new(absent_labels(vs), 1.0)]))
+}
+
+/// `timestamp(v)`: a selected sample's own time in seconds; for any other
+/// expression, the evaluation time.
+fn timestamp(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
+    let mut e = arg(args, 0)?;
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    if let Expr::VectorSelector(vs) = e {
+        return Ok(ctx
+            .newest_samples(vs, t)
+            .map(|(s, ts, _)| Elem {
+                labels: s.unnamed.clone(),
+                unnamed: s.unnamed.clone(),
+                value: ts as f64 / 1000.0,
+            })
+            .collect());
+    }
+    simple(ctx, args, t, |_| t as f64 / 1000.0)
+}
+
+/// `absent_over_time(m[r])`: like `absent`, for a window.
+fn absent_over_time(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
+    let (present, vs) = match matrix_arg(args, 0)? {
+        RangeArg::Selector(ms) => (ctx.windows(ms, t).next().is_some(), Some(&ms.vs)),
+        RangeArg::Subquery(sq) => (
+            ctx.subquery(sq, t)?
+                .series
+                .iter()
+                .any(|s| !s.samples.is_empty()),
+            None,
+        ),
+    };
+    if present {
+        return Ok(Val::Vector(Vec::new()));
+    }
+    Ok(Val::Vector(vec![Elem::new(absent_labels(vs), 1.0)]))
+}
+
+/// The labels `absent` reports: the selector's equality matchers, minus
+/// the name and any label matched twice.
+fn absent_labels(vs: Option<&VectorSelector>) -> Labels {
     let mut pairs: Vec<(String, String)> = Vec::new();
     let mut conflicts: Vec<String> = Vec::new();
     let matchers = vs
@@ -298,36 +357,60 @@ fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
         }
     }
     pairs.retain(|(n, _)| !conflicts.contains(n));
-    Ok(Val::Vector(vec![Elem::new(Labels::new(pairs), 1.0)]))
+    Labels::new(pairs)
 }
 
-fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<&'a MatrixSelector> {
+/// A range-vector argument: a selector, or a subquery.
+enum RangeArg<'a> {
+    Selector(&'a MatrixSelector),
+    Subquery(&'a SubqueryExpr),
+}
+
+fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<RangeArg<'a>> {
     let mut e = arg(args, i)?;
     while let Expr::Paren(p) = e {
         e = &p.expr;
     }
     match e {
-        Expr::MatrixSelector(ms) => Ok(ms),
-        Expr::Subquery(_) => Err(QueryError::Unsupported(
-            "subqueries are not supported".into(),
-        )),
+        Expr::MatrixSelector(ms) => Ok(RangeArg::Selector(ms)),
+        Expr::Subquery(sq) => Ok(RangeArg::Subquery(sq)),
         _ => Err(QueryError::Execution(format!(
-            "argument {} must be a range vector selector",
+            "argument {} must be a range vector",
             i + 1
         ))),
     }
 }
 
 fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
-    let (q, ms) = if f == RangeFn::Quantile {
-        (scalar_arg(ctx, args, 0, t)?, matrix_arg(args, 1)?)
-    } else {
-        (0.0, matrix_arg(args, 0)?)
+    // The scalar parameter: quantile_over_time's first argument,
+    // predict_linear's second (seconds ahead).
+    let (q, range) = match f {
+        RangeFn::Quantile => (scalar_arg(ctx, args, 0, t)?, matrix_arg(args, 1)?),
+        RangeFn::PredictLinear => (scalar_arg(ctx, args, 1, t)?, matrix_arg(args, 0)?),
+        _ => (0.0, matrix_arg(args, 0)?),
+    };
+    let sub;
+    let windows: Vec<Window> = match range {
+        RangeArg::Selector(ms) => ctx.windows(ms, t).collect(),
+        RangeArg::Subquery(sq) => {
+            sub = ctx.subquery(sq, t)?;
+            sub.series
+                .iter()
+                .filter(|s| !s.samples.is_empty())
+                .map(|s| Window {
+                    series: s,
+                    samples: &s.samples,
+                    range_start_ms: sub.range_start_ms,
+                    range_end_ms: sub.range_end_ms,
+                    range_ms: sub.range_ms,
+                })
+                .collect()
+        }
     };
     let mut out = Vec::new();
     let mut scratch = Vec::new();
-    for w in ctx.windows(ms, t) {
-        let Some(v) = range_value(f, &w, q, &mut scratch) else {
+    for w in &windows {
+        let Some(v) = range_value(f, w, q, t, &mut scratch) else {
             continue;
         };
         // last_over_time acts like an offset, so it keeps the metric name.
@@ -346,7 +429,7 @@ fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
     Ok(Val::Vector(out))
 }
 
-fn range_value(f: RangeFn, w: &Window, q: f64, scratch: &mut Vec<f64>) -> Option<f64> {
+fn range_value(f: RangeFn, w: &Window, q: f64, t: i64, scratch: &mut Vec<f64>) -> Option<f64> {
     let s = w.samples;
     let values = || s.iter().map(|p| p.1);
     Some(match f {
@@ -384,6 +467,13 @@ fn range_value(f: RangeFn, w: &Window, q: f64, scratch: &mut Vec<f64>) -> Option
             .windows(2)
             .filter(|p| p[1].1 != p[0].1 && !(p[1].1.is_nan() && p[0].1.is_nan()))
             .count() as f64,
+        // The intercept is taken near the samples to keep precision.
+        RangeFn::Deriv if s.len() >= 2 => linear_regression(s, s[0].0).0,
+        RangeFn::PredictLinear if s.len() >= 2 => {
+            let (slope, intercept) = linear_regression(s, t);
+            slope * q + intercept
+        }
+        RangeFn::Deriv | RangeFn::PredictLinear => return None,
         RangeFn::Resets => s.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64,
     })
 }
@@ -462,4 +552,69 @@ fn instant_value(s: &[(i64, f64)], is_rate: bool) -> Option<f64> {
         v /= interval as f64 / 1000.0;
     }
     Some(v)
+}
+
+/// `label_replace(v, dst, replacement, src, regex)`: where the anchored
+/// regex matches label `src`, label `dst` becomes the expanded replacement
+/// (removed when empty); other elements pass unchanged, name included.
+fn label_replace(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
+    let v = vector_arg(ctx, args, 0, t)?;
+    let (dst, replacement) = (string_arg(ctx, args, 1, t)?, string_arg(ctx, args, 2, t)?);
+    let (src, regex) = (string_arg(ctx, args, 3, t)?, string_arg(ctx, args, 4, t)?);
+    if !super::aggregate::valid_label_name(&dst) {
+        return Err(QueryError::Execution(format!(
+            "invalid destination label name in label_replace(): {dst}"
+        )));
+    }
+    let re = ctx.regex(&regex)?;
+    Ok(v.into_iter()
+        .map(|e| {
+            let Some(caps) = re.captures(e.labels.get(&src).unwrap_or("")) else {
+                return e;
+            };
+            let mut value = String::new();
+            caps.expand(&replacement, &mut value);
+            let mut pairs: Vec<(String, String)> = e
+                .labels
+                .iter()
+                .filter(|(n, _)| *n != dst)
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect();
+            if !value.is_empty() {
+                pairs.push((dst.clone(), value));
+            }
+            Elem::new(Labels::new(pairs), e.value)
+        })
+        .collect())
+}
+
+/// Prometheus' `linearRegression`: least squares with Kahan sums over
+/// seconds relative to `intercept_ms`; `(slope, intercept)`.
+fn linear_regression(s: &[(i64, f64)], intercept_ms: i64) -> (f64, f64) {
+    let init_y = s[0].1;
+    let mut const_y = true;
+    let (mut n, mut sum_x, mut c_x, mut sum_y, mut c_y) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut sum_xy, mut c_xy, mut sum_x2, mut c_x2) = (0.0, 0.0, 0.0, 0.0);
+    for (i, &(ts, v)) in s.iter().enumerate() {
+        if const_y && i > 0 && v != init_y {
+            const_y = false;
+        }
+        n += 1.0;
+        let x = (ts - intercept_ms) as f64 / 1e3;
+        (sum_x, c_x) = kahan_inc(x, sum_x, c_x);
+        (sum_y, c_y) = kahan_inc(v, sum_y, c_y);
+        (sum_xy, c_xy) = kahan_inc(x * v, sum_xy, c_xy);
+        (sum_x2, c_x2) = kahan_inc(x * x, sum_x2, c_x2);
+    }
+    if const_y {
+        if init_y.is_infinite() {
+            return (f64::NAN, f64::NAN);
+        }
+        return (0.0, init_y);
+    }
+    let (sum_x, sum_y, sum_xy, sum_x2) = (sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2);
+    let cov_xy = sum_xy - sum_x * sum_y / n;
+    let var_x = sum_x2 - sum_x * sum_x / n;
+    let slope = cov_xy / var_x;
+    (slope, sum_y / n - slope * sum_x / n)
 }

@@ -9,6 +9,7 @@ mod aggregate;
 mod binary;
 mod eval;
 mod functions;
+mod names;
 mod plan;
 mod sources;
 #[cfg(test)]
@@ -102,9 +103,15 @@ impl QueryError {
 
 pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 
-/// Parses a PromQL expression, mapping the parser's error.
+/// Parses a PromQL expression, mapping the parser's error. A query that
+/// does not parse is retried once with bare dotted metric names quoted
+/// (see [`names`]); the original error is reported if that fails too.
 fn parse(expr: &str) -> Result<promql_parser::parser::Expr> {
-    promql_parser::parser::parse(expr).map_err(QueryError::Parse)
+    promql_parser::parser::parse(expr).or_else(|e| {
+        names::quote_dotted_names(expr)
+            .and_then(|q| promql_parser::parser::parse(&q).ok())
+            .ok_or(QueryError::Parse(e))
+    })
 }
 
 /// Evaluates `expr` at one instant.
@@ -147,8 +154,10 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64, opts: &QueryOptions) ->
             "end timestamp {end_ms} must not be before start time {start_ms}"
         )));
     }
-    let points = (end_ms.abs_diff(start_ms) / step_ms as u64).saturating_add(1);
-    if points > opts.max_points_per_series as u64 {
+    let intervals = end_ms.abs_diff(start_ms) / step_ms as u64;
+    let points = intervals.saturating_add(1);
+    // As Prometheus: the limit bounds the intervals, so it allows one more point.
+    if intervals > opts.max_points_per_series as u64 {
         return Err(QueryError::TooManyPoints {
             points,
             max: opts.max_points_per_series,

@@ -17,6 +17,11 @@ impl VecSource {
     pub fn new(series: Vec<SeriesData>) -> VecSource {
         let mut source = VecSource::default();
         for s in series {
+            let sorted = s.samples.windows(2).all(|w| w[0].0 < w[1].0);
+            if sorted && !source.series.contains_key(&s.labels) {
+                source.series.insert(s.labels, s.samples);
+                continue;
+            }
             for (t, v) in s.samples {
                 source.push(&s.labels, t, v);
             }

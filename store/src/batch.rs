@@ -8,6 +8,7 @@
 //! series_count x (
 //!     series key (canonical form, see series.rs),
 //!     varint sample_count (>= 1),
+//!     u32 samples_bytes (so a reader skips a series without decoding it),
 //!     sample_count x (zigzag varint timestamp delta from the previous
 //!                     sample, the first from 0; u64 value bits)
 //! )
@@ -19,6 +20,7 @@
 use crate::error::{Error, Result};
 use crate::series::{encode_parts, KeyRef, SeriesKey};
 use std::collections::HashMap;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 pub const MAGIC: u8 = 0xB7;
 pub const VERSION: u8 = 1;
@@ -49,12 +51,16 @@ where
 
 fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
     put_varint(out, samples.len() as u64);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
     let mut prev = 0i64;
     for &(ts, v) in samples {
         put_varint(out, zigzag(ts.wrapping_sub(prev)));
         out.extend_from_slice(&v.to_bits().to_le_bytes());
         prev = ts;
     }
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 type Slot = (Vec<u8>, Vec<(i64, f64)>);
@@ -63,7 +69,7 @@ type Slot = (Vec<u8>, Vec<(i64, f64)>);
 /// Reuse one builder (`clear`) to keep its allocations.
 #[derive(Default)]
 pub struct BatchBuilder {
-    index: HashMap<Vec<u8>, usize>,
+    index: HashMap<Vec<u8>, usize, Xxh3DefaultBuilder>,
     /// Slots of (key bytes, samples); `used` of them hold this batch.
     series: Vec<Slot>,
     used: usize,
@@ -195,13 +201,25 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
             return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
         }
         sample_count += n as usize;
+        let len_bytes = body
+            .get(pos..pos + 4)
+            .ok_or(malformed(HEADER_BYTES + pos, "truncated length"))?;
+        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        pos += 4;
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= body.len())
+            .ok_or(malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
         for _ in 0..n {
-            let (_, used) =
-                get_varint(&body[pos..]).ok_or(malformed(HEADER_BYTES + pos, "bad timestamp"))?;
+            let (_, used) = get_varint(&body[pos..end])
+                .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;
             pos += used + 8;
-            if pos > body.len() {
+            if pos > end {
                 return Err(malformed(HEADER_BYTES + pos, "truncated value"));
             }
+        }
+        if pos != end {
+            return Err(malformed(HEADER_BYTES + pos, "samples length mismatch"));
         }
     }
     if pos != body.len() {
@@ -262,17 +280,16 @@ impl<'a> Iterator for SeriesIter<'a> {
         let rest = self.body.get(self.pos..)?;
         let (key, key_len) = KeyRef::parse_prefix(rest).ok()?;
         let (n, used) = get_varint(&rest[key_len..])?;
-        let samples_start = key_len + used;
-        let mut it = SampleIter {
-            bytes: &rest[samples_start..],
+        let len_at = key_len + used;
+        let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+        let samples_start = len_at + 4;
+        let it = SampleIter {
+            bytes: rest.get(samples_start..samples_start + len)?,
             pos: 0,
             left: n,
             prev: 0,
         };
-        let mut probe = it.clone();
-        while probe.next().is_some() {}
-        it.bytes = &it.bytes[..probe.pos];
-        self.pos += samples_start + probe.pos;
+        self.pos += samples_start + len;
         Some(SeriesView {
             key_bytes: &rest[..key_len],
             key,

@@ -360,6 +360,7 @@ impl Partition {
         let mut runs = Runs::default();
         for s in &state.mem.series {
             state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+            let key = KeyRef::parse(&s.key)?.to_owned_key();
             for &(t, v) in runs.finish() {
                 if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
                     let mut out = Vec::new();
@@ -367,7 +368,6 @@ impl Partition {
                     batches.push(out);
                     builder.clear();
                 }
-                let key = KeyRef::parse(&s.key)?.to_owned_key();
                 builder.push_key(&key, t, v)?;
             }
         }

@@ -259,8 +259,15 @@ impl<'a> BatchView<'a> {
 pub struct SeriesView<'a> {
     /// The canonical key bytes (what the index interns).
     pub key_bytes: &'a [u8],
-    pub key: KeyRef<'a>,
     pub samples: SampleIter<'a>,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The series key (validated by [`decode`]; parsed on demand because
+    /// the ingest path only needs the bytes of known series).
+    pub fn key(&self) -> KeyRef<'a> {
+        KeyRef::parse(self.key_bytes).unwrap_or(KeyRef::EMPTY)
+    }
 }
 
 pub struct SeriesIter<'a> {
@@ -278,7 +285,7 @@ impl<'a> Iterator for SeriesIter<'a> {
         self.left -= 1;
         // The batch was validated by `decode`; a failure ends iteration.
         let rest = self.body.get(self.pos..)?;
-        let (key, key_len) = KeyRef::parse_prefix(rest).ok()?;
+        let key_len = crate::series::key_len(rest)?;
         let (n, used) = get_varint(&rest[key_len..])?;
         let len_at = key_len + used;
         let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
@@ -292,7 +299,6 @@ impl<'a> Iterator for SeriesIter<'a> {
         self.pos += samples_start + len;
         Some(SeriesView {
             key_bytes: &rest[..key_len],
-            key,
             samples: it,
         })
     }
@@ -381,7 +387,7 @@ mod tests {
             input.iter().filter(|s| !s.1.is_empty()).count()
         );
         view.series()
-            .map(|s| (s.key.to_owned_key(), s.samples.collect()))
+            .map(|s| (s.key().to_owned_key(), s.samples.collect()))
             .collect()
     }
 
@@ -434,7 +440,7 @@ mod tests {
                 "round {round}"
             );
             let first = view.series().next().unwrap();
-            assert_eq!(first.key.resource, "vm1");
+            assert_eq!(first.key().resource, "vm1");
             assert_eq!(
                 first.samples.collect::<Vec<_>>(),
                 vec![(10, 1.0), (20, 3.0)]

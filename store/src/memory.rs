@@ -59,7 +59,7 @@ pub(crate) struct Memory {
 impl Memory {
     /// The id of the series with canonical key `key_bytes`, created if new.
     #[inline]
-    pub fn intern(&mut self, key_bytes: &[u8], key: &KeyRef<'_>) -> u32 {
+    pub fn intern<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
         let hash = xxh3_64(key_bytes);
         if let Some(&id) = self.by_hash.get(&hash) {
             if *self.series[id as usize].key == *key_bytes {
@@ -77,7 +77,8 @@ impl Memory {
         id
     }
 
-    fn add_series(&mut self, key_bytes: &[u8], key: &KeyRef<'_>) -> u32 {
+    fn add_series<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
+        let key = key();
         let id = u32::try_from(self.series.len()).expect("fewer than 2^32 series per partition");
         self.series.push(Series::new(key_bytes));
         self.post(METRIC_LABEL, key.metric, id);
@@ -105,7 +106,7 @@ impl Memory {
     pub fn apply(&mut self, batch: &BatchView<'_>, ooo_window_ms: i64) {
         let mut counts = self.counts;
         for s in batch.series() {
-            let id = self.intern(s.key_bytes, &s.key);
+            let id = self.intern(s.key_bytes, || s.key());
             let series = &mut self.series[id as usize];
             for (ts, v) in s.samples {
                 match series.write(ts, v, ooo_window_ms) {

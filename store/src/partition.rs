@@ -461,7 +461,7 @@ impl State {
                 offset: meta.offset,
                 reason: "bad series key".into(),
             })?;
-            let id = self.mem.intern(meta.series_key, &key);
+            let id = self.mem.intern(meta.series_key, || key);
             let series = &mut self.mem.series[id as usize];
             series.newest = series.newest.max(meta.max_ts);
             match series.sealed.last_mut() {

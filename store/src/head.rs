@@ -101,17 +101,20 @@ impl Series {
         }
     }
 
-    /// Memory held by this series' samples (head chunk and overlay).
+    /// Memory held by this series' samples: the head chunk (its encoder
+    /// state and its buffer) and the overlay.
     pub fn sample_bytes(&self) -> usize {
-        self.head.heap_bytes()
+        std::mem::size_of::<ChunkEncoder>()
+            + self.head.heap_bytes()
             + self.overlay.as_ref().map_or(0, |o| {
                 std::mem::size_of::<BTreeMap<i64, f64>>() + o.len() * 40
             })
     }
 
-    /// Memory held by this series' identity and bookkeeping.
+    /// Memory held by this series' identity and bookkeeping (the head
+    /// encoder's state is counted with the samples).
     pub fn index_bytes(&self) -> usize {
-        std::mem::size_of::<Series>()
+        std::mem::size_of::<Series>() - std::mem::size_of::<ChunkEncoder>()
             + self.key.len()
             + self.sealed.capacity() * std::mem::size_of::<SealedRef>()
     }

@@ -171,7 +171,9 @@ impl Memory {
     /// Bytes of the index: per-series bookkeeping, hash tables and postings.
     pub fn index_bytes(&self) -> usize {
         let series: usize = self.series.iter().map(Series::index_bytes).sum();
-        let table = self.by_hash.capacity() * 13 + self.collisions.capacity() * 40;
+        // A hashbrown bucket is the entry plus one control byte; `capacity`
+        // is 7/8 of the buckets.
+        let table = self.by_hash.capacity() * 8 / 7 * 17 + self.collisions.capacity() * 8 / 7 * 25;
         let postings: usize = self
             .postings
             .iter()

@@ -19,6 +19,9 @@ pub trait MapMut: Send + Sync {
     fn bytes_mut(&mut self) -> &mut [u8];
     /// Makes `offset..offset + len` durable (msync).
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()>;
+    /// Hint: `offset..offset + len` is about to be written (lets the real backend fault the
+    /// pages in with one call instead of one trap per page). Best effort.
+    fn prepare_write(&mut self, _offset: usize, _len: usize) {}
 }
 
 /// File-system operations fsdb needs. Implementations: [`crate::MmapBackend`] (real files)
@@ -29,7 +32,8 @@ pub trait Backend: Send + Sync {
     /// Names of the regular files in `dir`, sorted.
     fn list_dir(&self, dir: &Path) -> Result<Vec<String>>;
     /// Creates a new file of exactly `len` zero bytes, allocated on disk up front (a full disk
-    /// is `Error::NoSpace` here, never a fault later), durable, and maps it writable.
+    /// is `Error::NoSpace` here, never a fault later), and maps it writable. The allocation is
+    /// durable; the name is durable once the file is renamed (fsdb always renames it).
     fn create_mapped(&self, path: &Path, len: u64) -> Result<Box<dyn MapMut>>;
     /// Maps an existing file writable.
     fn open_mapped(&self, path: &Path) -> Result<Box<dyn MapMut>>;
@@ -41,4 +45,8 @@ pub trait Backend: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Removes a file and makes the removal durable.
     fn remove_file(&self, path: &Path) -> Result<()>;
+    /// Names of the subdirectories of `dir`, sorted (e.g. the partitions of a node).
+    fn list_subdirs(&self, dir: &Path) -> Result<Vec<String>>;
+    /// Removes a directory with everything in it, durably (e.g. a partition copy that moved).
+    fn remove_dir_all(&self, dir: &Path) -> Result<()>;
 }

@@ -51,6 +51,9 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// An argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
     /// A chunk handed to the chunk-file writer is malformed.
     #[error("invalid chunk for series {series:?}: {reason}")]
     InvalidChunk { series: String, reason: String },

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::backend::{Backend, MapMut};
 use crate::segment::{
     decode_watermark, encode_watermark, frame_len_at, read_frame, write_frame, Frame,
-    SegmentHeader, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
+    SegmentHeader, Watermark, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
 };
 use crate::{Error, Lsn, Result, Term};
 
@@ -21,6 +21,10 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// Largest record payload.
     pub record_bytes_max: u64,
+    /// Appends reserve a segment in steps of this many bytes (a power of two >= 4096): each
+    /// step msyncs the segment header once and faults the pages in; recovery zeroes stale
+    /// bytes at most this far past the records.
+    pub write_ahead_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -29,6 +33,7 @@ impl Default for LogConfig {
             segment_bytes_min: 64 << 10,
             segment_bytes_max: 64 << 20,
             record_bytes_max: 16 << 20,
+            write_ahead_bytes: 8 << 20,
         }
     }
 }
@@ -49,6 +54,12 @@ impl LogConfig {
             return bad(format!(
                 "segment_bytes_max {} must be a power of two in segment_bytes_min..=4 GiB",
                 self.segment_bytes_max
+            ));
+        }
+        if self.write_ahead_bytes < 4096 || !self.write_ahead_bytes.is_power_of_two() {
+            return bad(format!(
+                "write_ahead_bytes {} must be a power of two >= 4096",
+                self.write_ahead_bytes
             ));
         }
         if self.record_bytes_max + (DATA_START + FRAME_HEADER) as u64 > self.segment_bytes_max {
@@ -78,6 +89,38 @@ struct Segment {
     /// Bytes before this were msynced and recorded in the watermark.
     synced_end: usize,
     wm_seq: u64,
+    /// Nothing at or after this offset was written; raised (and msynced) before appending past it.
+    write_limit: usize,
+}
+
+impl Segment {
+    /// Writes the next watermark slot and makes it durable.
+    fn write_watermark(&mut self) -> Result<()> {
+        self.wm_seq += 1;
+        let wm = Watermark {
+            seq: self.wm_seq,
+            synced_end: self.synced_end as u64,
+            write_limit: self.write_limit as u64,
+        };
+        encode_watermark(self.map.bytes_mut(), wm);
+        self.map.sync_range(WM_OFFSET, WM_LEN)
+    }
+
+    /// Lets appends write up to `need`: msyncs a write limit of at least `need` (rounded up
+    /// to `step`) before any byte lands past the old one, so that recovery knows how far
+    /// stale bytes can reach.
+    fn reserve(&mut self, need: usize, step: usize) -> Result<()> {
+        let len = self.map.bytes().len();
+        let limit = need.div_ceil(step).saturating_mul(step).min(len);
+        let old = self.write_limit;
+        self.write_limit = limit;
+        if let Err(e) = self.write_watermark() {
+            self.write_limit = old;
+            return Err(e);
+        }
+        self.map.prepare_write(old, limit - old);
+        Ok(())
+    }
 }
 
 /// A partition's log. See the crate's `FORMAT.md` for the layout and recovery rules.
@@ -175,14 +218,19 @@ impl PartitionLog {
         let map = self.backend.open_mapped(&self.dir.join(&name))?;
         let bytes = map.bytes();
         let header = SegmentHeader::decode(bytes).map_err(|r| self.corrupted(&name, 0, r))?;
-        if header.gen != gen || header.base_lsn != base || header.segment_len != bytes.len() as u64
+        if header.gen != gen
+            || header.base_lsn != base
+            || header.base_lsn.0 == 0
+            || header.base_lsn.0 > u64::MAX / 2
+            || header.segment_len != bytes.len() as u64
         {
             return Err(self.corrupted(&name, 0, "header does not match file name or size"));
         }
-        let (wm_seq, wm_end) = decode_watermark(bytes)
+        let wm = decode_watermark(bytes)
             .ok_or_else(|| self.corrupted(&name, WM_OFFSET, "both watermark slots invalid"))?;
-        let wm_end = usize::try_from(wm_end).unwrap_or(usize::MAX);
-        if wm_end < DATA_START || wm_end > bytes.len() {
+        let wm_end = usize::try_from(wm.synced_end).unwrap_or(usize::MAX);
+        let limit = usize::try_from(wm.write_limit).unwrap_or(usize::MAX);
+        if wm_end < DATA_START || wm_end > limit || limit > bytes.len() {
             return Err(self.corrupted(&name, WM_OFFSET, "watermark outside the segment"));
         }
         Ok(Segment {
@@ -191,7 +239,8 @@ impl PartitionLog {
             header,
             end: DATA_START,
             synced_end: wm_end,
-            wm_seq,
+            wm_seq: wm.seq,
+            write_limit: limit,
         })
     }
 
@@ -235,10 +284,10 @@ impl PartitionLog {
                 let reason = bad.unwrap_or("zero bytes inside the synced region");
                 return Err(self.corrupted(&seg.name, pos, reason));
             }
-            if bad.is_some() {
-                Self::zero_tail(&mut seg, pos)?;
-                cut = true;
-            }
+            // Behind the end there may be the rest of a torn record whose first sector was
+            // lost: zero it as well.
+            Self::zero_tail(&mut seg, pos)?;
+            cut |= bad.is_some();
             seg.end = pos;
             self.segments.push(seg);
         }
@@ -252,7 +301,8 @@ impl PartitionLog {
     /// behind it can never be taken for records after later appends.
     fn zero_tail(seg: &mut Segment, pos: usize) -> Result<()> {
         let bytes = seg.map.bytes();
-        let Some(last) = bytes[pos..].iter().rposition(|&b| b != 0) else {
+        let limit = seg.write_limit.max(pos);
+        let Some(last) = bytes[pos..limit].iter().rposition(|&b| b != 0) else {
             return Ok(());
         };
         seg.map.bytes_mut()[pos..=pos + last].fill(0);
@@ -276,10 +326,16 @@ impl PartitionLog {
             segment_len: size,
             terms,
         };
+        let step = self.config.write_ahead_bytes as usize;
+        let wm = Watermark {
+            seq: 1,
+            synced_end: DATA_START as u64,
+            write_limit: step.min(size as usize) as u64,
+        };
         let mut map = self.backend.create_mapped(&tmp, size)?;
         let made = (|| {
             header.encode(map.bytes_mut());
-            encode_watermark(map.bytes_mut(), 1, DATA_START as u64);
+            encode_watermark(map.bytes_mut(), wm);
             map.sync_range(0, DATA_START)?;
             self.backend.rename(&tmp, &path)
         })();
@@ -288,6 +344,7 @@ impl PartitionLog {
             let _ = self.backend.remove_file(&tmp);
             return Err(e);
         }
+        map.prepare_write(DATA_START, wm.write_limit as usize - DATA_START);
         Ok(Segment {
             name,
             map,
@@ -295,6 +352,7 @@ impl PartitionLog {
             end: DATA_START,
             synced_end: DATA_START,
             wm_seq: 1,
+            write_limit: wm.write_limit as usize,
         })
     }
 
@@ -339,6 +397,9 @@ impl PartitionLog {
         }
         let seg = self.segments.last_mut().expect("a log has a segment");
         let at = seg.end;
+        if at + frame_len > seg.write_limit {
+            seg.reserve(at + frame_len, self.config.write_ahead_bytes as usize)?;
+        }
         seg.end += write_frame(&mut seg.map.bytes_mut()[at..], lsn, term, payload);
         observe(&mut self.history, term, lsn);
         self.last_lsn = lsn;
@@ -440,10 +501,8 @@ impl PartitionLog {
         let old_end = seg.end;
         // Lower the watermark first: a crash before the zeroes land leaves the old records,
         // valid and after the watermark, never zeroes inside the synced region.
-        seg.wm_seq += 1;
         seg.synced_end = seg.synced_end.min(pos);
-        encode_watermark(seg.map.bytes_mut(), seg.wm_seq, seg.synced_end as u64);
-        seg.map.sync_range(WM_OFFSET, WM_LEN)?;
+        seg.write_watermark()?;
         seg.map.bytes_mut()[pos..old_end].fill(0);
         seg.map.sync_range(pos, old_end - pos)?;
         seg.end = pos;
@@ -472,6 +531,11 @@ impl PartitionLog {
     /// Replaces the log by an empty one that continues at `next_lsn`, after `term` (used after
     /// a full copy from the peer). Durable when it returns.
     pub fn reset(&mut self, next_lsn: Lsn, term: Term) -> Result<()> {
+        if next_lsn.0 > u64::MAX / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "next lsn {next_lsn} out of range"
+            )));
+        }
         let next_lsn = Lsn(next_lsn.0.max(1));
         self.gen += 1;
         let terms = vec![(term, next_lsn)];
@@ -526,10 +590,12 @@ impl PartitionLog {
             }
             seg.map
                 .sync_range(seg.synced_end, seg.end - seg.synced_end)?;
-            seg.wm_seq += 1;
-            encode_watermark(seg.map.bytes_mut(), seg.wm_seq, seg.end as u64);
-            seg.map.sync_range(WM_OFFSET, WM_LEN)?;
+            let old = seg.synced_end;
             seg.synced_end = seg.end;
+            if let Err(e) = seg.write_watermark() {
+                seg.synced_end = old;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -550,6 +616,18 @@ impl PartitionLog {
     /// The log's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Deletes the log and its directory (a partition copy that is no longer needed).
+    pub fn remove(self) -> Result<()> {
+        let PartitionLog {
+            backend,
+            dir,
+            segments,
+            ..
+        } = self;
+        drop(segments);
+        backend.remove_dir_all(&dir)
     }
 }
 
@@ -593,5 +671,288 @@ impl<'a> Iterator for LogReader<'a> {
                 Some(Err(self.log.corrupted(&seg.name, self.pos, reason)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemBackend;
+
+    fn small() -> LogConfig {
+        LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 16384,
+            record_bytes_max: 8192,
+            write_ahead_bytes: 4096,
+        }
+    }
+
+    fn render(log: &PartitionLog) -> String {
+        let recs: Vec<String> = match log.read_from(log.first_lsn()) {
+            Ok(it) => it
+                .map(|r| match r {
+                    Ok(r) => format!(
+                        "{}:{}:{}",
+                        r.lsn,
+                        r.term,
+                        String::from_utf8_lossy(r.payload)
+                    ),
+                    Err(e) => format!("ERR {e}"),
+                })
+                .collect(),
+            Err(e) => vec![format!("ERR {e}")],
+        };
+        let hist: Vec<String> = log
+            .history
+            .iter()
+            .map(|(t, l)| format!("{t}@{l}"))
+            .collect();
+        format!(
+            "first={} last={} term={} segs={} hist=[{}] recs=[{}]",
+            log.first_lsn(),
+            log.last_lsn(),
+            log.last_term(),
+            log.segment_count(),
+            hist.join(" "),
+            recs.join(" ")
+        )
+    }
+
+    /// Runs a script of log operations (one per `;`) and compares the final state, or the
+    /// first error, with `expected`.
+    fn check(script: &str, expected: &str) {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/7");
+        let open = || PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        let mut log = open();
+        for op in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let w: Vec<&str> = op.split_whitespace().collect();
+            let n = |i: usize| w[i].parse::<u64>().unwrap();
+            let r = match w[0] {
+                "append" => {
+                    let size = w.get(3).map_or(0, |s| s.parse::<usize>().unwrap());
+                    let mut p = w[2].as_bytes().to_vec();
+                    p.resize(p.len().max(size), b'.');
+                    log.append(Term(n(1)), &p).map(|_| ())
+                }
+                "append_at" => log.append_at(Lsn(n(1)), Term(n(2)), w[3].as_bytes()),
+                "truncate" => log.truncate_after(Lsn(n(1))),
+                "trim" => log.trim_before(Lsn(n(1))),
+                "reset" => log.reset(Lsn(n(1)), Term(n(2))),
+                "sync" => log.sync(),
+                "reopen" => {
+                    drop(log);
+                    log = open();
+                    Ok(())
+                }
+                "crash" => {
+                    drop(log);
+                    backend.crash();
+                    log = open();
+                    Ok(())
+                }
+                "read" => log.read_from(Lsn(n(1))).map(|_| ()),
+                other => panic!("unknown op {other}"),
+            };
+            if let Err(e) = r {
+                assert_eq!(format!("error: {e}"), expected, "script: {script}");
+                return;
+            }
+        }
+        assert_eq!(render(&log), expected, "script: {script}");
+    }
+
+    #[test]
+    fn scripts() {
+        check("", "first=1 last=0 term=0 segs=1 hist=[] recs=[]");
+        check(
+            "append 1 a; append 1 b; append 2 c",
+            "first=1 last=3 term=2 segs=1 hist=[1@1 2@3] recs=[1:1:a 2:1:b 3:2:c]",
+        );
+        check(
+            "append 2 a; append 1 b",
+            "error: term regressed in log /p/7: last term 2, got 1",
+        );
+        check(
+            "append 1 a; append_at 3 1 c",
+            "error: lsn gap in log /p/7: expected 2, got 3",
+        );
+        check(
+            "append_at 1 1 a; append_at 2 3 b",
+            "first=1 last=2 term=3 segs=1 hist=[1@1 3@2] recs=[1:1:a 2:3:b]",
+        );
+        check(
+            "append 1 a; read 3",
+            "error: lsn 3 is beyond the end of log /p/7: last is 1",
+        );
+        // Unsynced records survive a process kill (the page cache), not a power cut.
+        check(
+            "append 1 a; sync; append 1 b; reopen",
+            "first=1 last=2 term=1 segs=1 hist=[1@1] recs=[1:1:a 2:1:b]",
+        );
+        check(
+            "append 1 a; sync; append 2 b; crash",
+            "first=1 last=1 term=1 segs=1 hist=[1@1] recs=[1:1:a]",
+        );
+        check(
+            "append 1 a; append 2 b; append 2 c; truncate 1; reopen",
+            "first=1 last=1 term=1 segs=1 hist=[1@1] recs=[1:1:a]",
+        );
+        check(
+            "append 1 a; append 2 b; sync; truncate 1; crash; append 3 x",
+            "first=1 last=2 term=3 segs=1 hist=[1@1 3@2] recs=[1:1:a 2:3:x]",
+        );
+        check(
+            "append 1 a; truncate 0",
+            "first=1 last=0 term=0 segs=1 hist=[] recs=[]",
+        );
+        check(
+            "reset 50 4; append 4 a; reopen",
+            "first=50 last=50 term=4 segs=1 hist=[4@50] recs=[50:4:a]",
+        );
+        check(
+            "append 1 a; reset 50 4; crash",
+            "first=50 last=49 term=4 segs=1 hist=[4@50] recs=[]",
+        );
+        check(
+            "reset 50 4; append 5 a; truncate 49; reopen",
+            "first=50 last=49 term=4 segs=1 hist=[4@50] recs=[]",
+        );
+        check(
+            "reset 50 4; read 49",
+            "error: lsn 49 trimmed away from log /p/7: first retained is 50",
+        );
+        check(
+            "reset 50 4; truncate 10",
+            "error: lsn 10 trimmed away from log /p/7: first retained is 50",
+        );
+        check(
+            "append 1 x 2000; append 1 x 2000; append 2 x 1; append 3 y 3000; append 3 z 5000",
+            "first=1 last=5 term=3 segs=3 hist=[1@1 2@3 3@4] recs=[1:1:x 2:1:x 3:2:x 4:3:y 5:3:z]"
+                .replace("1:1:x ", &format!("1:1:x{} ", ".".repeat(1999)))
+                .replace("2:1:x ", &format!("2:1:x{} ", ".".repeat(1999)))
+                .replace("4:3:y ", &format!("4:3:y{} ", ".".repeat(2999)))
+                .replace("5:3:z]", &format!("5:3:z{}]", ".".repeat(4999)))
+                .as_str(),
+        );
+        check(
+            "append 1 x 9000",
+            "error: record of 9000 bytes exceeds the limit of 8192 bytes",
+        );
+        check(
+            "reset 18446744073709551615 1",
+            "error: invalid argument: next lsn 18446744073709551615 out of range",
+        );
+    }
+
+    #[test]
+    fn history_survives_trim_and_reopen() {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/1");
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        for term in 1..=4 {
+            log.append(Term(term), &[b'x'; 3000]).unwrap();
+        }
+        // Segments of 4 KiB (record 1), 8 KiB (records 2-3), 16 KiB (record 4).
+        assert_eq!(log.segment_count(), 3);
+        log.trim_before(Lsn(4)).unwrap();
+        assert_eq!(log.first_lsn(), Lsn(4));
+        let full = [
+            (Term(1), Lsn(1)),
+            (Term(2), Lsn(2)),
+            (Term(3), Lsn(3)),
+            (Term(4), Lsn(4)),
+        ];
+        assert_eq!(log.term_history(), &full[..]);
+        assert!(matches!(
+            log.read_from(Lsn(3)),
+            Err(Error::TrimmedAway { .. })
+        ));
+        drop(log);
+        let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!(log.term_history(), &full[..]);
+        assert_eq!(log.first_lsn(), Lsn(4));
+        assert_eq!(backend.paths().len(), 1);
+    }
+
+    #[test]
+    fn segments_start_small_and_double() {
+        let backend = Arc::new(MemBackend::new());
+        let config = LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 32768,
+            record_bytes_max: 1000,
+            write_ahead_bytes: 8192,
+        };
+        let mut log = PartitionLog::open(backend, Path::new("/d"), config).unwrap();
+        assert_eq!(log.disk_bytes(), 4096);
+        let sizes = |log: &PartitionLog| -> Vec<usize> {
+            log.segments.iter().map(|s| s.map.bytes().len()).collect()
+        };
+        for _ in 0..200 {
+            log.append(Term(1), &[7u8; 1000]).unwrap();
+        }
+        let s = sizes(&log);
+        assert_eq!(&s[..4], &[4096, 8192, 16384, 32768]);
+        assert!(s[4..].iter().all(|&x| x == 32768));
+        assert_eq!(log.disk_bytes(), s.iter().sum::<usize>() as u64);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = [
+            LogConfig {
+                segment_bytes_min: 1000,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                segment_bytes_max: 1 << 10,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                record_bytes_max: 64 << 20,
+                ..LogConfig::default()
+            },
+        ];
+        for config in bad {
+            let r = PartitionLog::open(Arc::new(MemBackend::new()), Path::new("/d"), config);
+            assert!(matches!(r, Err(Error::InvalidConfig(_))));
+        }
+    }
+
+    #[test]
+    fn remove_deletes_the_directory() {
+        let backend = MemBackend::new();
+        let open = |p: &str| {
+            PartitionLog::open(Arc::new(backend.clone()), &Path::new("/n").join(p), small())
+                .unwrap()
+        };
+        let mut a = open("p1");
+        a.append(Term(1), b"x").unwrap();
+        let b = open("p2");
+        assert_eq!(backend.list_subdirs(Path::new("/n")).unwrap(), ["p1", "p2"]);
+        b.remove().unwrap();
+        assert_eq!(backend.list_subdirs(Path::new("/n")).unwrap(), ["p1"]);
+        assert_eq!(backend.paths().len(), 1);
+        drop(a);
+        assert_eq!(open("p1").last_lsn(), Lsn(1));
+    }
+
+    #[test]
+    fn log_can_move_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PartitionLog>();
+        send_sync::<crate::ChunkFile>();
+    }
+
+    #[test]
+    fn segment_names_parse() {
+        assert_eq!(parse_segment_name(&segment_name(3, Lsn(77))), Some((3, 77)));
+        assert_eq!(
+            parse_segment_name("0000000000000001-0000000000000001.seg.tmp"),
+            None
+        );
+        assert_eq!(parse_segment_name("zz-1.seg"), None);
     }
 }

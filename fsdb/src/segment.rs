@@ -10,9 +10,9 @@ pub(crate) const DATA_START: usize = 1024;
 /// At most this many term-history entries are carried in a header (the newest ones).
 pub(crate) const MAX_TERMS: usize = 56;
 const TERMS_OFFSET: usize = 64;
-/// The two watermark slots: `seq u64, end u64, crc u32` each.
+/// The two watermark slots: `seq u64, synced_end u64, write_limit u64, crc u32` each.
 pub(crate) const WM_OFFSET: usize = 960;
-const WM_SLOT: usize = 20;
+const WM_SLOT: usize = 28;
 pub(crate) const WM_LEN: usize = 2 * WM_SLOT;
 /// `frame_len u32, crc u32, lsn u64, term u64`, then the payload.
 pub(crate) const FRAME_HEADER: usize = 24;
@@ -104,26 +104,41 @@ impl SegmentHeader {
 }
 
 fn wm_crc(slot: &[u8]) -> u32 {
-    crc32c::crc32c(&slot[..16])
+    crc32c::crc32c(&slot[..24])
 }
 
-/// Writes watermark slot `seq % 2`: bytes before `end` were synced.
-pub(crate) fn encode_watermark(b: &mut [u8], seq: u64, end: u64) {
-    let at = WM_OFFSET + WM_SLOT * (seq % 2) as usize;
+/// The mutable part of a segment header, written to one of two slots in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Watermark {
+    /// Bumped at every write; the valid slot with the highest wins.
+    pub seq: u64,
+    /// Bytes before this offset were msynced.
+    pub synced_end: u64,
+    /// No byte at or after this offset was ever written (appends msync a higher limit first).
+    pub write_limit: u64,
+}
+
+/// Writes watermark slot `seq % 2`.
+pub(crate) fn encode_watermark(b: &mut [u8], wm: Watermark) {
+    let at = WM_OFFSET + WM_SLOT * (wm.seq % 2) as usize;
     let slot = &mut b[at..at + WM_SLOT];
-    slot[0..8].copy_from_slice(&seq.to_le_bytes());
-    slot[8..16].copy_from_slice(&end.to_le_bytes());
+    slot[0..8].copy_from_slice(&wm.seq.to_le_bytes());
+    slot[8..16].copy_from_slice(&wm.synced_end.to_le_bytes());
+    slot[16..24].copy_from_slice(&wm.write_limit.to_le_bytes());
     let crc = wm_crc(slot);
-    slot[16..20].copy_from_slice(&crc.to_le_bytes());
+    slot[24..28].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The valid watermark slot with the highest sequence: `(seq, end)`, or `None` if neither
-/// slot verifies.
-pub(crate) fn decode_watermark(b: &[u8]) -> Option<(u64, u64)> {
+/// The valid watermark slot with the highest sequence, or `None` if neither slot verifies.
+pub(crate) fn decode_watermark(b: &[u8]) -> Option<Watermark> {
     (0..2)
         .filter_map(|i| {
             let slot = &b[WM_OFFSET + WM_SLOT * i..WM_OFFSET + WM_SLOT * (i + 1)];
-            (u32_at(slot, 16) == wm_crc(slot)).then(|| (u64_at(slot, 0), u64_at(slot, 8)))
+            (u32_at(slot, 24) == wm_crc(slot)).then(|| Watermark {
+                seq: u64_at(slot, 0),
+                synced_end: u64_at(slot, 8),
+                write_limit: u64_at(slot, 16),
+            })
         })
         .max()
 }
@@ -257,14 +272,19 @@ mod tests {
 
     #[test]
     fn watermark_picks_newest_valid_slot() {
+        let wm = |seq, synced_end| Watermark {
+            seq,
+            synced_end,
+            write_limit: 8192,
+        };
         let mut b = vec![0u8; DATA_START];
         assert_eq!(decode_watermark(&b), None);
-        encode_watermark(&mut b, 1, 2000);
-        encode_watermark(&mut b, 2, 3000);
-        assert_eq!(decode_watermark(&b), Some((2, 3000)));
+        encode_watermark(&mut b, wm(1, 2000));
+        encode_watermark(&mut b, wm(2, 3000));
+        assert_eq!(decode_watermark(&b), Some(wm(2, 3000)));
         // A torn write of the newer slot falls back to the older one.
         b[WM_OFFSET + 8] ^= 0xff;
-        assert_eq!(decode_watermark(&b), Some((1, 2000)));
+        assert_eq!(decode_watermark(&b), Some(wm(1, 2000)));
     }
 
     #[test]

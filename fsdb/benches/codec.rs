@@ -173,6 +173,25 @@ fn report(
     );
 }
 
+/// Bytes per sample a head chunk holds in memory: the encoder itself plus its
+/// heap buffer with spare capacity, as the store accounts it.
+fn report_memory(data: &[(Kind, Vec<(i64, f64)>)], chunk: usize) {
+    let (mut bytes, mut n) = (0, 0);
+    for (_, samples) in data {
+        for c in samples.chunks(chunk) {
+            let mut enc = ChunkEncoder::new();
+            c.iter().for_each(|&(t, v)| enc.push(t, v));
+            bytes += enc.heap_bytes() + std::mem::size_of::<ChunkEncoder>();
+            n += c.len();
+        }
+    }
+    println!(
+        "tandem head chunk in memory  chunk {chunk:>5}: {:.3} B/sample (encoder {} B + heap incl. capacity)",
+        bytes as f64 / n as f64,
+        std::mem::size_of::<ChunkEncoder>()
+    );
+}
+
 fn print_sizes() {
     println!(
         "bytes/sample, {SERIES_PER_KIND} series per kind x {SAMPLES_PER_SERIES} samples, index entry {INDEX_ENTRY_BYTES} B per chunk"
@@ -192,6 +211,9 @@ fn print_sizes() {
                 chunk,
                 gorilla::encoded_bytes,
             );
+            if jitter == 0 {
+                report_memory(&data, chunk);
+            }
         }
     }
 }

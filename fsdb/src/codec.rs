@@ -18,8 +18,10 @@ use thiserror::Error;
 pub const FORMAT_VERSION: u8 = 1;
 /// Header: version byte, then the sample count as a little-endian `u32`.
 pub const HEADER_BYTES: usize = 5;
-/// The most samples one chunk holds (the header's count is a `u32`).
-pub const MAX_SAMPLES: usize = u32::MAX as usize;
+/// The most samples one encoder appends (five years at 10 s). It keeps every
+/// bit offset of a chunk within a `u32` (at most ~150 bits per sample); the
+/// decoder accepts any `u32` count.
+pub const MAX_SAMPLES: usize = 1 << 24;
 
 /// Largest decimal scale: `10^22` is the largest power of ten exact in an f64.
 const MAX_SCALE: u8 = 22;
@@ -28,6 +30,9 @@ const MAX_SCALED: f64 = 9_007_199_254_740_992.0;
 /// Samples per block of width statistics: the encoder reconsiders its packing
 /// after each block, so a burst widens it only for about a block.
 const BLOCK: u8 = 16;
+/// Decimal values in a row that fit one scale less before the encoder lowers
+/// the scale: a scale change costs ~35 bits and saves ~3.3 bits per value.
+const COARSE_AFTER: u8 = 32;
 /// Bits spent by a packing change (`10` + dod + signed + 6 bits of width).
 const PACKING_CHANGE_BITS: u32 = 10;
 
@@ -39,14 +44,19 @@ const POW10: [f64; MAX_SCALE as usize + 1] = [
 /// Why a chunk could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum Error {
+    /// Fewer than [`HEADER_BYTES`] bytes.
     #[error("chunk of {len} bytes is shorter than its {HEADER_BYTES}-byte header")]
     ShortHeader { len: usize },
+    /// A version byte this code does not know.
     #[error("chunk format version {version} is not supported (expected {FORMAT_VERSION})")]
     UnknownVersion { version: u8 },
+    /// The header's count cannot fit in the body (checked before decoding).
     #[error("chunk claims {count} samples but its {body_bits} body bits cannot hold them")]
     CountTooLarge { count: u32, body_bits: u64 },
+    /// The bits ran out before sample `index`.
     #[error("chunk is truncated at sample {index} of {count}")]
     Truncated { index: u32, count: u32 },
+    /// A field no encoder writes, or bytes after the last sample.
     #[error("chunk is corrupted at sample {index}: {reason}")]
     Corrupted { index: u32, reason: &'static str },
 }
@@ -63,36 +73,68 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 struct BitWriter {
     buf: Vec<u8>,
     /// Unused low bits of the last byte of `buf`.
-    free: u32,
+    free: u8,
 }
 
 impl BitWriter {
     fn write(&mut self, value: u64, n: u32) {
         debug_assert!(n <= 64);
         debug_assert!(n == 64 || value >> n == 0, "value wider than {n} bits");
-        let mut left = n;
-        while left > 0 {
-            if self.free == 0 {
-                self.grow();
-                self.buf.push(0);
-                self.free = 8;
-            }
-            let take = left.min(self.free);
-            let bits = (value >> (left - take)) & mask(take);
+        if n == 0 {
+            return;
+        }
+        if n <= u32::from(self.free) {
+            // Fits in the partial last byte: the common 1- to 7-bit codes.
             let last = self.buf.len() - 1;
-            self.buf[last] |= (bits << (self.free - take)) as u8;
-            self.free -= take;
-            left -= take;
+            self.free -= n as u8;
+            self.buf[last] |= (value << self.free) as u8;
+            return;
+        }
+        let used = (8 - u32::from(self.free)) % 8;
+        if used + n > 64 {
+            self.write(value >> 32, n - 32);
+            return self.write(value & mask(32), 32);
+        }
+        // Bytes from the last (partial) one on, as one big-endian word.
+        let word = (value << (64 - n)) >> used;
+        let first = if self.free == 0 {
+            self.buf.len()
+        } else {
+            self.buf.len() - 1
+        };
+        let total_bits = used + n;
+        let new_len = first + total_bits.div_ceil(8) as usize;
+        if new_len > self.buf.capacity() {
+            self.grow(new_len - self.buf.len());
+        }
+        self.buf.resize(new_len, 0);
+        for (dst, src) in self.buf[first..].iter_mut().zip(word.to_be_bytes()) {
+            *dst |= src;
+        }
+        self.free = ((8 - total_bits % 8) % 8) as u8;
+    }
+
+    fn bit_len(&self) -> u64 {
+        self.buf.len() as u64 * 8 - u64::from(self.free)
+    }
+
+    /// Rewrites `n` bits already written at bit offset `pos`.
+    fn overwrite(&mut self, pos: u64, value: u64, n: u32) {
+        debug_assert!(pos + u64::from(n) <= self.bit_len());
+        for i in 0..u64::from(n) {
+            let bit = pos + i;
+            let byte = &mut self.buf[(bit / 8) as usize];
+            let shift = 7 - bit % 8;
+            let one = (value >> (u64::from(n) - 1 - i)) & 1;
+            *byte = (*byte & !(1 << shift)) | ((one as u8) << shift);
         }
     }
 
-    /// Grows by a quarter instead of doubling: head chunks live in memory, and
+    /// Grows by an eighth instead of doubling: head chunks live in memory, and
     /// a doubled buffer would waste up to half of it. Still amortized O(1).
-    fn grow(&mut self) {
-        if self.buf.len() == self.buf.capacity() {
-            let extra = (self.buf.len() / 4).max(16);
-            self.buf.reserve_exact(extra);
-        }
+    fn grow(&mut self, needed: usize) {
+        let extra = (self.buf.len() / 8).max(16).max(needed);
+        self.buf.reserve_exact(extra);
     }
 }
 
@@ -124,6 +166,21 @@ impl<'a> BitReader<'a> {
         self.end - self.pos
     }
 
+    /// The next 64 bits from `pos`, zeros past the end; at least 57 of them are real.
+    fn peek(&self) -> u64 {
+        let byte = (self.pos / 8) as usize;
+        let word = match self.data.get(byte..byte + 8) {
+            Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            None => {
+                let mut w = [0u8; 8];
+                let tail = self.data.get(byte..).unwrap_or_default();
+                w[..tail.len()].copy_from_slice(tail);
+                u64::from_be_bytes(w)
+            }
+        };
+        word << (self.pos % 8)
+    }
+
     /// Reads `n <= 64` bits, or `None` when fewer remain.
     fn read(&mut self, n: u32) -> Option<u64> {
         if n > 56 {
@@ -137,26 +194,24 @@ impl<'a> BitReader<'a> {
         if n == 0 {
             return Some(0);
         }
-        let byte = (self.pos / 8) as usize;
-        let mut word = [0u8; 8];
-        let avail = (self.data.len() - byte).min(8);
-        word[..avail].copy_from_slice(&self.data[byte..byte + avail]);
-        let shifted = u64::from_be_bytes(word) << (self.pos % 8);
+        let bits = self.peek() >> (64 - n);
         self.pos += u64::from(n);
-        Some(shifted >> (64 - n))
+        Some(bits)
     }
 
     fn bit(&mut self) -> Option<bool> {
         self.read(1).map(|b| b == 1)
     }
 
-    /// Counts leading one bits, reading at most `max` bits (the terminating
-    /// zero is consumed).
+    /// Reads a unary code: up to `max` one bits, ended by a zero unless `max`
+    /// ones came first. Returns the number of ones.
     fn ones(&mut self, max: u32) -> Option<u32> {
-        let mut n = 0;
-        while n < max && self.bit()? {
-            n += 1;
+        let n = self.peek().leading_ones().min(max);
+        let consumed = if n < max { n + 1 } else { n };
+        if u64::from(consumed) > self.remaining() {
+            return None;
         }
+        self.pos += u64::from(consumed);
         Some(n)
     }
 }
@@ -183,8 +238,16 @@ const TS_BUCKETS: [(u64, u32, u32); 5] = [
     (0b110, 3, 10),
     (0b1110, 4, 16),
     (0b11110, 5, 32),
-    (0b11111, 5, 64),
+    (0b111110, 6, 64),
 ];
+/// The timestamp code that starts a run of repeated samples instead, then
+/// `RUN_LEN_BITS` bits of run length.
+const RUN_CODE: (u64, u32) = (0b111111, 6);
+const RUN_LEN_BITS: u32 = 8;
+const RUN_MAX: u8 = u8::MAX;
+/// Plain repeats written before a run is opened: a run costs 14 bits, a
+/// plain repeat 2 or more.
+const RUN_AFTER: u8 = 3;
 
 fn write_ts_dod(w: &mut BitWriter, dod: i64) {
     if dod == 0 {
@@ -202,13 +265,22 @@ fn write_ts_dod(w: &mut BitWriter, dod: i64) {
     unreachable!("the last bucket holds 64 bits");
 }
 
-fn read_ts_dod(r: &mut BitReader) -> Option<i64> {
-    let ones = r.ones(TS_BUCKETS.len() as u32)?;
+/// What a timestamp code says: a delta-of-delta, or a run of `n` repeats.
+enum TsCode {
+    Dod(i64),
+    Run(u32),
+}
+
+fn read_ts_code(r: &mut BitReader) -> Option<TsCode> {
+    let ones = r.ones(RUN_CODE.1)?;
     if ones == 0 {
-        return Some(0);
+        return Some(TsCode::Dod(0));
+    }
+    if ones == RUN_CODE.1 {
+        return r.read(RUN_LEN_BITS).map(|n| TsCode::Run(n as u32));
     }
     let (_, _, payload_bits) = TS_BUCKETS[ones as usize - 1];
-    r.read(payload_bits).map(unzigzag)
+    r.read(payload_bits).map(|z| TsCode::Dod(unzigzag(z)))
 }
 
 // ---------------------------------------------------------------------------
@@ -365,23 +437,25 @@ fn write_scale_change(w: &mut BitWriter, s: &mut ValueState, scale: u8, m: i64) 
 // ---------------------------------------------------------------------------
 // Encoder
 
-/// Width statistics of the current block, one OR of payloads per packing kind,
-/// so the encoder can tell which packing would have been narrowest.
+/// Width statistics of the current block: the widest payload each packing
+/// kind would have needed, so the encoder can tell which was narrowest.
 #[derive(Debug, Clone, Default)]
 struct BlockStats {
     samples: u8,
-    ors: [u64; 4],
+    /// Per kind of [`Packing::ALL`]; 64 marks "does not fit at all".
+    widths: [u8; 4],
 }
 
 impl BlockStats {
     fn add(&mut self, delta: i64, dod: i64) {
         for (k, (is_dod, signed)) in Packing::ALL.into_iter().enumerate() {
             let x = if is_dod { dod } else { delta };
-            self.ors[k] |= match (signed, x >= 0) {
-                (true, _) => zigzag(x),
-                (false, true) => x as u64,
-                (false, false) => u64::MAX,
+            let w = match (signed, x >= 0) {
+                (true, _) => width(zigzag(x)),
+                (false, true) => width(x as u64),
+                (false, false) => 64,
             };
+            self.widths[k] = self.widths[k].max(w as u8);
         }
         self.samples += 1;
     }
@@ -391,15 +465,12 @@ impl BlockStats {
     fn best(&self) -> Packing {
         let mut best = None::<Packing>;
         for (k, (dod, signed)) in Packing::ALL.into_iter().enumerate() {
-            let w = width(self.ors[k]);
-            if w > 63 {
-                continue;
-            }
-            if best.is_none_or(|b| w < u32::from(b.width)) {
+            let w = self.widths[k];
+            if w <= 63 && best.is_none_or(|b| w < b.width) {
                 best = Some(Packing {
                     dod,
                     signed,
-                    width: w as u8,
+                    width: w,
                 });
             }
         }
@@ -413,7 +484,6 @@ impl BlockStats {
 pub struct ChunkEncoder {
     bits: BitWriter,
     count: u32,
-    first_ts: i64,
     last_ts: i64,
     ts_delta: i64,
     value: ValueState,
@@ -423,6 +493,14 @@ pub struct ChunkEncoder {
     pending: Option<Packing>,
     /// Consecutive values that needed the raw fallback in decimal mode.
     raw_streak: u8,
+    /// Consecutive repeats (same interval, same value) written plainly.
+    repeats: u8,
+    /// Samples in the open run (0: none), and the bit offset of its length
+    /// field, rewritten in place as the run grows.
+    run_len: u8,
+    run_len_pos: u32,
+    /// Consecutive decimal values whose scaled integer ends in a zero.
+    coarse_streak: u8,
 }
 
 impl Default for ChunkEncoder {
@@ -432,6 +510,7 @@ impl Default for ChunkEncoder {
 }
 
 impl ChunkEncoder {
+    /// An empty chunk: its bytes are the 5-byte header with a count of 0.
     pub fn new() -> ChunkEncoder {
         let mut buf = Vec::with_capacity(32);
         buf.push(FORMAT_VERSION);
@@ -439,13 +518,16 @@ impl ChunkEncoder {
         ChunkEncoder {
             bits: BitWriter { buf, free: 0 },
             count: 0,
-            first_ts: 0,
             last_ts: 0,
             ts_delta: 0,
             value: ValueState::new(),
             block: BlockStats::default(),
             pending: None,
             raw_streak: 0,
+            repeats: 0,
+            run_len: 0,
+            run_len_pos: 0,
+            coarse_streak: 0,
         }
     }
 
@@ -460,17 +542,61 @@ impl ChunkEncoder {
         );
         if self.count == 0 {
             self.bits.write(ts as u64, 64);
-            self.first_ts = ts;
+            self.push_first_value(value);
+        } else if self.is_repeat(ts, value) && self.repeats >= RUN_AFTER {
+            self.push_run();
         } else {
+            let repeat = self.is_repeat(ts, value);
+            self.repeats = if repeat { self.repeats + 1 } else { 0 };
+            self.run_len = 0;
             let delta = ts.wrapping_sub(self.last_ts);
             write_ts_dod(&mut self.bits, delta.wrapping_sub(self.ts_delta));
             self.ts_delta = delta;
+            self.push_value(value);
         }
         self.last_ts = ts;
-        self.push_value(value);
         self.value.prev_bits = value.to_bits();
         self.count += 1;
         self.bits.buf[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// Whether the sample repeats the last one: same interval, same value bits,
+    /// and in decimal mode the value is the current decimal (not a one-off).
+    fn is_repeat(&self, ts: i64, v: f64) -> bool {
+        let s = &self.value;
+        ts.wrapping_sub(self.last_ts) == self.ts_delta
+            && v.to_bits() == s.prev_bits
+            && (s.float_mode || scaled_at(v, s.scale) == Some(s.scaled))
+    }
+
+    /// Extends the open run in place, or opens a new one.
+    fn push_run(&mut self) {
+        if self.run_len == 0 || self.run_len == RUN_MAX {
+            self.bits.write(RUN_CODE.0, RUN_CODE.1);
+            self.run_len_pos = u32::try_from(self.bits.bit_len())
+                .expect("MAX_SAMPLES keeps bit offsets within u32");
+            self.bits.write(0, RUN_LEN_BITS);
+            self.run_len = 0;
+        }
+        self.run_len += 1;
+        self.bits.overwrite(
+            u64::from(self.run_len_pos),
+            u64::from(self.run_len),
+            RUN_LEN_BITS,
+        );
+        apply_repeat(&mut self.value);
+    }
+
+    /// The first value of a chunk is written absolute (a scale change) when it
+    /// is a decimal, so no packing is widened for a delta from zero.
+    fn push_first_value(&mut self, v: f64) {
+        match find_decimal(v) {
+            Some((scale, m)) => {
+                self.bits.write(0b110, 3);
+                write_scale_change(&mut self.bits, &mut self.value, scale, m);
+            }
+            None => self.push_value(v),
+        }
     }
 
     fn push_value(&mut self, v: f64) {
@@ -501,6 +627,18 @@ impl ChunkEncoder {
     /// A decimal value at the current scale: code 0 (current packing) or 10
     /// (new packing), then the payload.
     fn push_scaled(&mut self, m: i64) {
+        if self.value.scale > 0 && m % 10 == 0 {
+            self.coarse_streak = self.coarse_streak.saturating_add(1);
+        } else {
+            self.coarse_streak = 0;
+        }
+        if self.coarse_streak == COARSE_AFTER {
+            // The extra digit that raised the scale is gone: drop it again.
+            self.coarse_streak = 0;
+            self.bits.write(0b110, 3);
+            let scale = self.value.scale - 1;
+            return write_scale_change(&mut self.bits, &mut self.value, scale, m / 10);
+        }
         let s = &mut self.value;
         let delta = m.wrapping_sub(s.scaled);
         let dod = delta.wrapping_sub(s.scaled_delta);
@@ -509,10 +647,8 @@ impl ChunkEncoder {
             .pending
             .and_then(|p| p.payload(delta, dod).map(|u| (p, u)));
         match (pending, s.packing.payload(delta, dod)) {
-            (None, Some(u)) => {
-                self.bits.write(0, 1);
-                self.bits.write(u, u32::from(s.packing.width));
-            }
+            // Code 0 and the payload in one write: u < 2^width.
+            (None, Some(u)) => self.bits.write(u, u32::from(s.packing.width) + 1),
             (pending, _) => {
                 let (p, u) = pending.unwrap_or_else(|| {
                     let p = self.block.best();
@@ -581,13 +717,16 @@ impl ChunkEncoder {
         self.count as usize
     }
 
+    /// Whether no sample was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
     /// Timestamp of the first sample pushed.
     pub fn first_ts(&self) -> Option<i64> {
-        (self.count > 0).then_some(self.first_ts)
+        // The first 64 bits of the body are the first timestamp.
+        let raw = self.bits.buf.get(HEADER_BYTES..HEADER_BYTES + 8)?;
+        Some(i64::from_be_bytes(raw.try_into().expect("8 bytes")))
     }
 
     /// Timestamp of the last sample pushed (not the largest: order is the store's business).
@@ -625,8 +764,7 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
     let count = u32::from_le_bytes(bytes[1..HEADER_BYTES].try_into().expect("4 bytes"));
     let body = &bytes[HEADER_BYTES..];
     let body_bits = body.len() as u64 * 8;
-    // The first sample takes at least 65 bits, every other at least 2.
-    if count > 0 && body_bits < 65 + 2 * (u64::from(count) - 1) {
+    if u64::from(count) > max_samples(body_bits) {
         return Err(Error::CountTooLarge { count, body_bits });
     }
     Ok(ChunkIter {
@@ -636,8 +774,21 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
         last_ts: 0,
         ts_delta: 0,
         value: ValueState::new(),
+        run_left: 0,
         failed: false,
     })
+}
+
+/// The most samples a body of `body_bits` can hold: the first sample takes at
+/// least 65 bits, and a run code of 14 bits stands for up to 255 samples.
+fn max_samples(body_bits: u64) -> u64 {
+    match body_bits.checked_sub(65) {
+        None => 0,
+        Some(rest) => {
+            let run_bits = u64::from(RUN_CODE.1 + RUN_LEN_BITS);
+            1 + rest / run_bits * u64::from(RUN_MAX) + (rest % run_bits) / 2
+        }
+    }
 }
 
 /// Decodes a whole chunk, appending its samples to `out`.
@@ -658,6 +809,8 @@ pub struct ChunkIter<'a> {
     last_ts: i64,
     ts_delta: i64,
     value: ValueState,
+    /// Samples of the current run still to yield.
+    run_left: u32,
     failed: bool,
 }
 
@@ -682,28 +835,54 @@ impl ChunkIter<'_> {
     }
 
     fn next_sample(&mut self) -> Result<(i64, f64)> {
-        let r = &mut self.reader;
-        let ts = if self.index == 0 {
-            r.read(64).map(|t| t as i64)
+        let (ts, value) = if self.index == 0 {
+            let ts = self.reader.read(64).ok_or_else(|| self.truncated())? as i64;
+            (ts, self.value_sample()?)
+        } else if self.run_left > 0 {
+            self.repeat_sample()
         } else {
-            read_ts_dod(r).map(|dod| {
-                self.ts_delta = self.ts_delta.wrapping_add(dod);
-                self.last_ts.wrapping_add(self.ts_delta)
-            })
-        }
-        .ok_or_else(|| self.truncated())?;
-        self.last_ts = ts;
-        let value = match self.read_value() {
-            Some(Ok(v)) => v,
-            Some(Err(reason)) => return Err(self.corrupted(reason)),
-            None => return Err(self.truncated()),
+            match read_ts_code(&mut self.reader).ok_or_else(|| self.truncated())? {
+                TsCode::Dod(dod) => {
+                    self.ts_delta = self.ts_delta.wrapping_add(dod);
+                    (
+                        self.last_ts.wrapping_add(self.ts_delta),
+                        self.value_sample()?,
+                    )
+                }
+                TsCode::Run(n) => {
+                    if n == 0 || n > self.count - self.index {
+                        return Err(self.corrupted("run length beyond the sample count"));
+                    }
+                    self.run_left = n;
+                    self.repeat_sample()
+                }
+            }
         };
+        self.last_ts = ts;
         self.value.prev_bits = value.to_bits();
         if self.index + 1 == self.count {
             self.check_padding()?;
         }
         self.index += 1;
         Ok((ts, value))
+    }
+
+    /// One sample of a run: the same interval and the same value again.
+    fn repeat_sample(&mut self) -> (i64, f64) {
+        self.run_left -= 1;
+        apply_repeat(&mut self.value);
+        (
+            self.last_ts.wrapping_add(self.ts_delta),
+            f64::from_bits(self.value.prev_bits),
+        )
+    }
+
+    fn value_sample(&mut self) -> Result<f64> {
+        match self.read_value() {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(reason)) => Err(self.corrupted(reason)),
+            None => Err(self.truncated()),
+        }
     }
 
     fn read_value(&mut self) -> Option<std::result::Result<f64, &'static str>> {
@@ -770,6 +949,13 @@ impl ChunkIter<'_> {
             return Err(self.corrupted("non-zero padding after the last sample"));
         }
         Ok(())
+    }
+}
+
+/// A repeated decimal is a zero delta: the next dod is relative to it.
+fn apply_repeat(s: &mut ValueState) {
+    if !s.float_mode {
+        s.scaled_delta = 0;
     }
 }
 

@@ -172,19 +172,10 @@ impl Store {
     }
 
     fn remove_files(&self, id: PartitionId) -> Result<()> {
-        let backend = &*self.config.backend;
-        let dir = self.partition_dir(id);
-        for sub in [dir.join("log"), dir.join("chunks"), dir.clone()] {
-            let names = match backend.list_dir(&sub) {
-                Ok(names) => names,
-                Err(fsdb::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for name in names {
-                backend.remove_file(&sub.join(name))?;
-            }
+        match self.config.backend.remove_dir_all(&self.partition_dir(id)) {
+            Ok(()) | Err(fsdb::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Replaces partition `id` (existing, corrupted or absent) by a full copy

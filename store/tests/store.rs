@@ -32,6 +32,7 @@ fn config(backend: Arc<MemBackend>) -> StoreConfig {
             segment_bytes_min: 4096,
             segment_bytes_max: 1 << 20,
             record_bytes_max: 1 << 16,
+            write_ahead_bytes: 4096,
         },
         backend,
         seal: SealPolicy::default(),

@@ -16,6 +16,8 @@ use store::batch::BatchBuilder;
 use store::{Partition, PartitionId, SeriesKey, Store, StoreConfig, Term};
 use xxhash_rust::xxh3::xxh3_64;
 
+type Samples = Vec<(i64, f64)>;
+
 const SERIES: usize = 100_000;
 const METRICS_PER_RESOURCE: usize = 10;
 const PARTITIONS: u32 = 16;
@@ -153,8 +155,7 @@ fn bench_baseline(c: &mut Criterion) {
     let parts = series_by_partition(SERIES);
     let mut group = c.benchmark_group("baseline");
     for per_series in [1i64, 6] {
-        let mut maps: Vec<HashMap<Vec<u8>, Vec<(i64, f64)>>> =
-            vec![HashMap::new(); PARTITIONS as usize];
+        let mut maps: Vec<HashMap<Vec<u8>, Samples>> = vec![HashMap::new(); PARTITIONS as usize];
         let mut mix = Mix::new(SERIES);
         let mut round = 0;
         group.throughput(Throughput::Elements(SERIES as u64 * per_series as u64));
@@ -162,7 +163,7 @@ fn bench_baseline(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
-                    let rounds: Vec<Vec<(Vec<u8>, Vec<(i64, f64)>)>> = parts
+                    let rounds: Vec<Vec<(Vec<u8>, Samples)>> = parts
                         .iter()
                         .map(|series| {
                             series

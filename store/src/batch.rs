@@ -176,7 +176,7 @@ pub struct BatchView<'a> {
 pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
     let header = bytes
         .get(..HEADER_BYTES)
-        .ok_or(malformed(0, "truncated header"))?;
+        .ok_or_else(|| malformed(0, "truncated header"))?;
     if header[0] != MAGIC {
         return Err(malformed(0, "bad magic"));
     }
@@ -195,7 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
             .map_err(|_| malformed(HEADER_BYTES + pos, "bad series key"))?;
         pos += used;
         let (n, used) =
-            get_varint(&body[pos..]).ok_or(malformed(HEADER_BYTES + pos, "bad count"))?;
+            get_varint(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
         pos += used;
         if n == 0 || n as usize > SAMPLES_MAX - sample_count {
             return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
@@ -203,13 +203,13 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
         sample_count += n as usize;
         let len_bytes = body
             .get(pos..pos + 4)
-            .ok_or(malformed(HEADER_BYTES + pos, "truncated length"))?;
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "truncated length"))?;
         let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
         pos += 4;
         let end = pos
             .checked_add(len as usize)
             .filter(|&e| e <= body.len())
-            .ok_or(malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
         for _ in 0..n {
             let (_, used) = get_varint(&body[pos..end])
                 .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;

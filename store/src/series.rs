@@ -274,7 +274,7 @@ impl<'a> Reader<'a> {
         let b = *self
             .bytes
             .get(self.pos)
-            .ok_or_else(|| Error::InvalidKey("truncated"))?;
+            .ok_or(Error::InvalidKey("truncated"))?;
         self.pos += 1;
         Ok(b)
     }
@@ -283,7 +283,7 @@ impl<'a> Reader<'a> {
         let len_bytes = self
             .bytes
             .get(self.pos..self.pos + 2)
-            .ok_or_else(|| Error::InvalidKey("truncated"))?;
+            .ok_or(Error::InvalidKey("truncated"))?;
         let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
         if len > STRING_BYTES_MAX {
             return Err(Error::InvalidKey("string too long"));
@@ -292,7 +292,7 @@ impl<'a> Reader<'a> {
         let raw = self
             .bytes
             .get(start..start + len)
-            .ok_or_else(|| Error::InvalidKey("truncated"))?;
+            .ok_or(Error::InvalidKey("truncated"))?;
         let s = std::str::from_utf8(raw).map_err(|_| Error::InvalidKey("not utf-8"))?;
         self.pos = start + len;
         Ok(s)

@@ -85,6 +85,8 @@ pub(crate) struct State {
     /// Rejections counted before `covered` (persisted in `stats`).
     rejected_sealed: u64,
     pub corrupt_reads: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the state is rebuilt (series ids change meaning).
+    pub generation: u64,
 }
 
 pub struct Partition {
@@ -271,8 +273,10 @@ impl Partition {
             });
         }
         log.truncate_after(lsn)?;
-        let fresh = self.load(&log)?;
-        *self.state.write().expect("state lock") = fresh;
+        let mut fresh = self.load(&log)?;
+        let mut state = self.state.write().expect("state lock");
+        fresh.generation = state.generation + 1;
+        *state = fresh;
         Ok(())
     }
 
@@ -448,6 +452,7 @@ impl State {
             covered: Lsn(0),
             rejected_sealed: 0,
             corrupt_reads: Default::default(),
+            generation: 0,
         }
     }
 

@@ -491,3 +491,24 @@ fn a_damaged_chunk_is_never_served() {
     assert!(p.select(&[], 0, 10).is_empty(), "corrupt chunk served");
     assert_eq!(p.stats().corrupt_reads, 1);
 }
+
+#[test]
+fn large_selects_read_every_series_across_lock_slices() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    let mut b = batch::BatchBuilder::new();
+    for i in 0..700 {
+        b.push(&format!("r{i:03}"), "cpu", &[], i, i as f64).unwrap();
+    }
+    let mut bytes = Vec::new();
+    b.encode(&mut bytes);
+    p.append(Term(1), &bytes).unwrap();
+    let all = p.select(&[], 0, 1000);
+    assert_eq!(all.len(), 700);
+    let mut seen: Vec<i64> = all.iter().map(|s| s.samples[0].0).collect();
+    seen.sort();
+    assert_eq!(seen, (0..700).collect::<Vec<_>>());
+    let m = Matcher::new("resource", MatchOp::Regex, "r6.*").unwrap();
+    assert_eq!(p.select(&[m], 0, 1000).len(), 100);
+}

@@ -20,7 +20,10 @@
 use crate::error::{Error, Result};
 use crate::series::{encode_parts, KeyRef, SeriesKey};
 use std::collections::HashMap;
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+use std::hash::BuildHasherDefault;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::memory::IdentityHasher;
 
 pub const MAGIC: u8 = 0xB7;
 pub const VERSION: u8 = 1;
@@ -69,7 +72,10 @@ type Slot = (Vec<u8>, Vec<(i64, f64)>);
 /// Reuse one builder (`clear`) to keep its allocations.
 #[derive(Default)]
 pub struct BatchBuilder {
-    index: HashMap<Vec<u8>, usize, Xxh3DefaultBuilder>,
+    /// xxh3 of the key bytes -> slot; a colliding key goes to `collided`.
+    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
+    collided: HashMap<Vec<u8>, usize>,
+    last: usize,
     /// Slots of (key bytes, samples); `used` of them hold this batch.
     series: Vec<Slot>,
     used: usize,
@@ -109,26 +115,50 @@ impl BatchBuilder {
         if self.samples >= SAMPLES_MAX {
             return Err(Error::BatchFull);
         }
-        let slot = match self.index.get(self.scratch.as_slice()) {
-            Some(&slot) => slot,
-            None => {
-                if self.used >= SERIES_MAX {
-                    return Err(Error::BatchFull);
-                }
-                let slot = self.used;
-                if slot == self.series.len() {
-                    self.series.push((Vec::new(), Vec::new()));
-                }
-                self.series[slot].0.clear();
-                self.series[slot].0.extend_from_slice(&self.scratch);
-                self.index.insert(self.scratch.clone(), slot);
-                self.used += 1;
-                slot
-            }
+        let slot = match self.find_slot() {
+            Some(slot) => slot,
+            None => self.new_slot()?,
         };
+        self.last = slot;
         self.series[slot].1.push((ts, value));
         self.samples += 1;
         Ok(())
+    }
+
+    /// The slot of the key in `scratch`, if this batch has it. Consecutive
+    /// samples of one series skip the hash.
+    fn find_slot(&self) -> Option<usize> {
+        if self.last < self.used && self.series[self.last].0 == self.scratch {
+            return Some(self.last);
+        }
+        let slot = *self.index.get(&xxh3_64(&self.scratch))?;
+        if self.series[slot].0 == self.scratch {
+            return Some(slot);
+        }
+        self.collided.get(self.scratch.as_slice()).copied()
+    }
+
+    fn new_slot(&mut self) -> Result<usize> {
+        if self.used >= SERIES_MAX {
+            return Err(Error::BatchFull);
+        }
+        let slot = self.used;
+        if slot == self.series.len() {
+            self.series.push((Vec::new(), Vec::new()));
+        }
+        self.series[slot].0.clear();
+        self.series[slot].0.extend_from_slice(&self.scratch);
+        let hash = xxh3_64(&self.scratch);
+        match self.index.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(self.scratch.clone(), slot);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+        }
+        self.used += 1;
+        Ok(slot)
     }
 
     pub fn samples(&self) -> usize {
@@ -156,6 +186,7 @@ impl BatchBuilder {
     /// Empties the builder, keeping its allocations.
     pub fn clear(&mut self) {
         self.index.clear();
+        self.collided.clear();
         for s in &mut self.series[..self.used] {
             s.1.clear();
         }

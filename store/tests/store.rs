@@ -499,7 +499,8 @@ fn large_selects_read_every_series_across_lock_slices() {
     let p = store.create_partition(P).unwrap();
     let mut b = batch::BatchBuilder::new();
     for i in 0..700 {
-        b.push(&format!("r{i:03}"), "cpu", &[], i, i as f64).unwrap();
+        b.push(&format!("r{i:03}"), "cpu", &[], i, i as f64)
+            .unwrap();
     }
     let mut bytes = Vec::new();
     b.encode(&mut bytes);

@@ -323,13 +323,25 @@ impl Partition {
             };
             let (min_ts, max_ts) = (first.0, last.0);
             if s.overlay.is_none() {
-                writer.add(&s.key, min_ts, max_ts, s.head.len() as u32, s.head.bytes())?;
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    s.head.len() as u32,
+                    s.head.bytes(),
+                )?;
             } else {
                 let mut enc = fsdb::codec::ChunkEncoder::new();
                 for &(t, v) in samples {
                     enc.push(t, v);
                 }
-                writer.add(&s.key, min_ts, max_ts, samples.len() as u32, enc.bytes())?;
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    samples.len() as u32,
+                    enc.bytes(),
+                )?;
             }
         }
         let chunks = writer.len();
@@ -364,7 +376,7 @@ impl Partition {
         let mut runs = Runs::default();
         for s in &state.mem.series {
             state.read_series(s, i64::MIN, i64::MAX, &mut runs);
-            let key = KeyRef::parse(&s.key)?.to_owned_key();
+            let key = KeyRef::parse(state.mem.key(s))?.to_owned_key();
             for &(t, v) in runs.finish() {
                 if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
                     let mut out = Vec::new();
@@ -412,7 +424,7 @@ impl Partition {
         let mut acc = 0u64;
         for s in &state.mem.series {
             state.read_series(s, i64::MIN, i64::MAX, &mut runs);
-            let seed = xxh3_64(&s.key);
+            let seed = xxh3_64(state.mem.key(s));
             for &(t, v) in runs.finish() {
                 let mut b = [0u8; 16];
                 b[..8].copy_from_slice(&t.to_le_bytes());
@@ -496,7 +508,7 @@ impl State {
                 continue;
             }
             let file = &self.files[r.file as usize];
-            for chunk in file.read(&s.key, start, end) {
+            for chunk in file.read(self.mem.key(s), start, end) {
                 runs.begin();
                 let ok = chunk.ok().is_some_and(|(_, bytes)| {
                     fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok()

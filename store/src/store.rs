@@ -326,7 +326,7 @@ fn read_ids(
         if samples.is_empty() {
             continue;
         }
-        let Ok(key) = KeyRef::parse(&s.key) else {
+        let Ok(key) = KeyRef::parse(state.mem.key(s)) else {
             continue;
         };
         out.push(SeriesData {

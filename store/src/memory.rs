@@ -59,14 +59,14 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    /// The id of the series with canonical key `key_bytes`, created if new.
-    #[inline]
     /// The canonical key bytes of a series.
     #[inline]
     pub fn key(&self, s: &Series) -> &[u8] {
         &self.keys[s.key_at as usize..][..s.key_len as usize]
     }
 
+    /// The id of the series with canonical key `key_bytes`, created if new.
+    #[inline]
     pub fn intern<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
         let hash = xxh3_64(key_bytes);
         if let Some(&id) = self.by_hash.get(&hash) {

@@ -45,4 +45,8 @@ pub trait Backend: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> Result<()>;
     /// Removes a file and makes the removal durable.
     fn remove_file(&self, path: &Path) -> Result<()>;
+    /// Names of the subdirectories of `dir`, sorted (e.g. the partitions of a node).
+    fn list_subdirs(&self, dir: &Path) -> Result<Vec<String>>;
+    /// Removes a directory with everything in it, durably (e.g. a partition copy that moved).
+    fn remove_dir_all(&self, dir: &Path) -> Result<()>;
 }

@@ -44,14 +44,19 @@ const POW10: [f64; MAX_SCALE as usize + 1] = [
 /// Why a chunk could not be decoded.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum Error {
+    /// Fewer than [`HEADER_BYTES`] bytes.
     #[error("chunk of {len} bytes is shorter than its {HEADER_BYTES}-byte header")]
     ShortHeader { len: usize },
+    /// A version byte this code does not know.
     #[error("chunk format version {version} is not supported (expected {FORMAT_VERSION})")]
     UnknownVersion { version: u8 },
+    /// The header's count cannot fit in the body (checked before decoding).
     #[error("chunk claims {count} samples but its {body_bits} body bits cannot hold them")]
     CountTooLarge { count: u32, body_bits: u64 },
+    /// The bits ran out before sample `index`.
     #[error("chunk is truncated at sample {index} of {count}")]
     Truncated { index: u32, count: u32 },
+    /// A field no encoder writes, or bytes after the last sample.
     #[error("chunk is corrupted at sample {index}: {reason}")]
     Corrupted { index: u32, reason: &'static str },
 }
@@ -76,6 +81,13 @@ impl BitWriter {
         debug_assert!(n <= 64);
         debug_assert!(n == 64 || value >> n == 0, "value wider than {n} bits");
         if n == 0 {
+            return;
+        }
+        if n <= u32::from(self.free) {
+            // Fits in the partial last byte: the common 1- to 7-bit codes.
+            let last = self.buf.len() - 1;
+            self.free -= n as u8;
+            self.buf[last] |= (value << self.free) as u8;
             return;
         }
         let used = (8 - u32::from(self.free)) % 8;
@@ -498,6 +510,7 @@ impl Default for ChunkEncoder {
 }
 
 impl ChunkEncoder {
+    /// An empty chunk: its bytes are the 5-byte header with a count of 0.
     pub fn new() -> ChunkEncoder {
         let mut buf = Vec::with_capacity(32);
         buf.push(FORMAT_VERSION);
@@ -634,10 +647,8 @@ impl ChunkEncoder {
             .pending
             .and_then(|p| p.payload(delta, dod).map(|u| (p, u)));
         match (pending, s.packing.payload(delta, dod)) {
-            (None, Some(u)) => {
-                self.bits.write(0, 1);
-                self.bits.write(u, u32::from(s.packing.width));
-            }
+            // Code 0 and the payload in one write: u < 2^width.
+            (None, Some(u)) => self.bits.write(u, u32::from(s.packing.width) + 1),
             (pending, _) => {
                 let (p, u) = pending.unwrap_or_else(|| {
                     let p = self.block.best();
@@ -706,6 +717,7 @@ impl ChunkEncoder {
         self.count as usize
     }
 
+    /// Whether no sample was pushed yet.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }

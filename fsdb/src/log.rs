@@ -617,6 +617,18 @@ impl PartitionLog {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Deletes the log and its directory (a partition copy that is no longer needed).
+    pub fn remove(self) -> Result<()> {
+        let PartitionLog {
+            backend,
+            dir,
+            segments,
+            ..
+        } = self;
+        drop(segments);
+        backend.remove_dir_all(&dir)
+    }
 }
 
 /// Iterator over records from an LSN; a record that fails verification ends it with
@@ -907,6 +919,24 @@ mod tests {
             let r = PartitionLog::open(Arc::new(MemBackend::new()), Path::new("/d"), config);
             assert!(matches!(r, Err(Error::InvalidConfig(_))));
         }
+    }
+
+    #[test]
+    fn remove_deletes_the_directory() {
+        let backend = MemBackend::new();
+        let open = |p: &str| {
+            PartitionLog::open(Arc::new(backend.clone()), &Path::new("/n").join(p), small())
+                .unwrap()
+        };
+        let mut a = open("p1");
+        a.append(Term(1), b"x").unwrap();
+        let b = open("p2");
+        assert_eq!(backend.list_subdirs(Path::new("/n")).unwrap(), ["p1", "p2"]);
+        b.remove().unwrap();
+        assert_eq!(backend.list_subdirs(Path::new("/n")).unwrap(), ["p1"]);
+        assert_eq!(backend.paths().len(), 1);
+        drop(a);
+        assert_eq!(open("p1").last_lsn(), Lsn(1));
     }
 
     #[test]

@@ -306,6 +306,32 @@ impl Backend for MemBackend {
         Ok(())
     }
 
+    fn list_subdirs(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut state = lock(&self.state);
+        state.op("read dir", dir)?;
+        if !state.dirs.contains(dir) {
+            return Err(Error::NotFound { path: dir.into() });
+        }
+        let names = state
+            .dirs
+            .iter()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
+            .collect();
+        Ok(names)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> Result<()> {
+        let mut state = lock(&self.state);
+        state.op("remove dir", dir)?;
+        if !state.dirs.contains(dir) {
+            return Err(Error::NotFound { path: dir.into() });
+        }
+        state.files.retain(|p, _| !p.starts_with(dir));
+        state.dirs.retain(|p| !p.starts_with(dir));
+        Ok(())
+    }
+
     fn remove_file(&self, path: &Path) -> Result<()> {
         let mut state = lock(&self.state);
         state.op("remove", path)?;

@@ -182,4 +182,22 @@ impl Backend for MmapBackend {
         fs::remove_file(path).map_err(|e| Error::io("remove", path, e))?;
         sync_parent(path)
     }
+
+    fn list_subdirs(&self, dir: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir).map_err(|e| Error::io("read dir", dir, e))? {
+            let entry = entry.map_err(|e| Error::io("read dir", dir, e))?;
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if let (true, Some(name)) = (is_dir, entry.file_name().to_str()) {
+                names.push(name.to_string());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> Result<()> {
+        fs::remove_dir_all(dir).map_err(|e| Error::io("remove dir", dir, e))?;
+        sync_parent(dir)
+    }
 }

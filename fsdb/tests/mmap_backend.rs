@@ -74,6 +74,9 @@ fn log_on_real_files_is_preallocated_and_survives_reopen() {
     let log = open(&dir);
     assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(500), Lsn(499)));
     assert_eq!(segment_files(&dir).len(), 1);
+    assert_eq!(MmapBackend.list_subdirs(tmp.path()).unwrap(), ["p17"]);
+    log.remove().unwrap();
+    assert!(MmapBackend.list_subdirs(tmp.path()).unwrap().is_empty());
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! through the same path and prints head bytes per sample and index bytes
 //! per series.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use rand::{Rng, SeedableRng};
 use store::batch::BatchBuilder;
 use store::{Partition, PartitionId, SeriesKey, Store, StoreConfig, Term};
 use xxhash_rust::xxh3::xxh3_64;
+
+type Samples = Vec<(i64, f64)>;
 
 const SERIES: usize = 100_000;
 const METRICS_PER_RESOURCE: usize = 10;
@@ -145,6 +148,59 @@ fn bench_append(c: &mut Criterion) {
     group.finish();
 }
 
+/// The reference point: a minimal loop that looks each series up in a hash
+/// map (by its key bytes) and appends the samples to a `Vec`, on the same
+/// rounds, under the same machine load.
+fn bench_baseline(c: &mut Criterion) {
+    let parts = series_by_partition(SERIES);
+    let mut group = c.benchmark_group("baseline");
+    for per_series in [1i64, 6] {
+        let mut maps: Vec<HashMap<Vec<u8>, Samples>> = vec![HashMap::new(); PARTITIONS as usize];
+        let mut mix = Mix::new(SERIES);
+        let mut round = 0;
+        group.throughput(Throughput::Elements(SERIES as u64 * per_series as u64));
+        group.bench_function(format!("hashmap_vec_{per_series}_samples_each"), |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    let rounds: Vec<Vec<(Vec<u8>, Samples)>> = parts
+                        .iter()
+                        .map(|series| {
+                            series
+                                .iter()
+                                .map(|(i, key)| {
+                                    let samples = (0..per_series)
+                                        .map(|k| {
+                                            let ts = T0 + (round * per_series + k) * INTERVAL_MS;
+                                            (ts, mix.next(*i))
+                                        })
+                                        .collect();
+                                    (key.to_bytes(), samples)
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    round += 1;
+                    let start = Instant::now();
+                    for (map, batch) in maps.iter_mut().zip(&rounds) {
+                        for (key, samples) in batch {
+                            match map.get_mut(key.as_slice()) {
+                                Some(v) => v.extend_from_slice(samples),
+                                None => {
+                                    map.insert(key.clone(), samples.clone());
+                                }
+                            }
+                        }
+                    }
+                    elapsed += start.elapsed();
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Head bytes per sample and index bytes per series on the reference mix.
 fn memory_report(series: usize, samples_per_series: i64) {
     let parts = series_by_partition(series);
@@ -178,6 +234,7 @@ fn main() {
         .unwrap_or(3_000);
     memory_report(series, 8_640);
     let mut c = Criterion::default().configure_from_args();
+    bench_baseline(&mut c);
     bench_append(&mut c);
     c.final_summary();
 }

@@ -8,6 +8,7 @@
 //! series_count x (
 //!     series key (canonical form, see series.rs),
 //!     varint sample_count (>= 1),
+//!     u32 samples_bytes (so a reader skips a series without decoding it),
 //!     sample_count x (zigzag varint timestamp delta from the previous
 //!                     sample, the first from 0; u64 value bits)
 //! )
@@ -19,6 +20,10 @@
 use crate::error::{Error, Result};
 use crate::series::{encode_parts, KeyRef, SeriesKey};
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::memory::IdentityHasher;
 
 pub const MAGIC: u8 = 0xB7;
 pub const VERSION: u8 = 1;
@@ -49,12 +54,16 @@ where
 
 fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
     put_varint(out, samples.len() as u64);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
     let mut prev = 0i64;
     for &(ts, v) in samples {
         put_varint(out, zigzag(ts.wrapping_sub(prev)));
         out.extend_from_slice(&v.to_bits().to_le_bytes());
         prev = ts;
     }
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 type Slot = (Vec<u8>, Vec<(i64, f64)>);
@@ -63,7 +72,10 @@ type Slot = (Vec<u8>, Vec<(i64, f64)>);
 /// Reuse one builder (`clear`) to keep its allocations.
 #[derive(Default)]
 pub struct BatchBuilder {
-    index: HashMap<Vec<u8>, usize>,
+    /// xxh3 of the key bytes -> slot; a colliding key goes to `collided`.
+    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
+    collided: HashMap<Vec<u8>, usize>,
+    last: usize,
     /// Slots of (key bytes, samples); `used` of them hold this batch.
     series: Vec<Slot>,
     used: usize,
@@ -103,26 +115,50 @@ impl BatchBuilder {
         if self.samples >= SAMPLES_MAX {
             return Err(Error::BatchFull);
         }
-        let slot = match self.index.get(self.scratch.as_slice()) {
-            Some(&slot) => slot,
-            None => {
-                if self.used >= SERIES_MAX {
-                    return Err(Error::BatchFull);
-                }
-                let slot = self.used;
-                if slot == self.series.len() {
-                    self.series.push((Vec::new(), Vec::new()));
-                }
-                self.series[slot].0.clear();
-                self.series[slot].0.extend_from_slice(&self.scratch);
-                self.index.insert(self.scratch.clone(), slot);
-                self.used += 1;
-                slot
-            }
+        let slot = match self.find_slot() {
+            Some(slot) => slot,
+            None => self.new_slot()?,
         };
+        self.last = slot;
         self.series[slot].1.push((ts, value));
         self.samples += 1;
         Ok(())
+    }
+
+    /// The slot of the key in `scratch`, if this batch has it. Consecutive
+    /// samples of one series skip the hash.
+    fn find_slot(&self) -> Option<usize> {
+        if self.last < self.used && self.series[self.last].0 == self.scratch {
+            return Some(self.last);
+        }
+        let slot = *self.index.get(&xxh3_64(&self.scratch))?;
+        if self.series[slot].0 == self.scratch {
+            return Some(slot);
+        }
+        self.collided.get(self.scratch.as_slice()).copied()
+    }
+
+    fn new_slot(&mut self) -> Result<usize> {
+        if self.used >= SERIES_MAX {
+            return Err(Error::BatchFull);
+        }
+        let slot = self.used;
+        if slot == self.series.len() {
+            self.series.push((Vec::new(), Vec::new()));
+        }
+        self.series[slot].0.clear();
+        self.series[slot].0.extend_from_slice(&self.scratch);
+        let hash = xxh3_64(&self.scratch);
+        match self.index.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(self.scratch.clone(), slot);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+        }
+        self.used += 1;
+        Ok(slot)
     }
 
     pub fn samples(&self) -> usize {
@@ -150,6 +186,7 @@ impl BatchBuilder {
     /// Empties the builder, keeping its allocations.
     pub fn clear(&mut self) {
         self.index.clear();
+        self.collided.clear();
         for s in &mut self.series[..self.used] {
             s.1.clear();
         }
@@ -170,7 +207,7 @@ pub struct BatchView<'a> {
 pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
     let header = bytes
         .get(..HEADER_BYTES)
-        .ok_or(malformed(0, "truncated header"))?;
+        .ok_or_else(|| malformed(0, "truncated header"))?;
     if header[0] != MAGIC {
         return Err(malformed(0, "bad magic"));
     }
@@ -189,19 +226,31 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
             .map_err(|_| malformed(HEADER_BYTES + pos, "bad series key"))?;
         pos += used;
         let (n, used) =
-            get_varint(&body[pos..]).ok_or(malformed(HEADER_BYTES + pos, "bad count"))?;
+            get_varint(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
         pos += used;
         if n == 0 || n as usize > SAMPLES_MAX - sample_count {
             return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
         }
         sample_count += n as usize;
+        let len_bytes = body
+            .get(pos..pos + 4)
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "truncated length"))?;
+        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        pos += 4;
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
         for _ in 0..n {
-            let (_, used) =
-                get_varint(&body[pos..]).ok_or(malformed(HEADER_BYTES + pos, "bad timestamp"))?;
+            let (_, used) = get_varint(&body[pos..end])
+                .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;
             pos += used + 8;
-            if pos > body.len() {
+            if pos > end {
                 return Err(malformed(HEADER_BYTES + pos, "truncated value"));
             }
+        }
+        if pos != end {
+            return Err(malformed(HEADER_BYTES + pos, "samples length mismatch"));
         }
     }
     if pos != body.len() {
@@ -241,8 +290,15 @@ impl<'a> BatchView<'a> {
 pub struct SeriesView<'a> {
     /// The canonical key bytes (what the index interns).
     pub key_bytes: &'a [u8],
-    pub key: KeyRef<'a>,
     pub samples: SampleIter<'a>,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The series key (validated by [`decode`]; parsed on demand because
+    /// the ingest path only needs the bytes of known series).
+    pub fn key(&self) -> KeyRef<'a> {
+        KeyRef::parse(self.key_bytes).unwrap_or(KeyRef::EMPTY)
+    }
 }
 
 pub struct SeriesIter<'a> {
@@ -260,22 +316,20 @@ impl<'a> Iterator for SeriesIter<'a> {
         self.left -= 1;
         // The batch was validated by `decode`; a failure ends iteration.
         let rest = self.body.get(self.pos..)?;
-        let (key, key_len) = KeyRef::parse_prefix(rest).ok()?;
+        let key_len = crate::series::key_len(rest)?;
         let (n, used) = get_varint(&rest[key_len..])?;
-        let samples_start = key_len + used;
-        let mut it = SampleIter {
-            bytes: &rest[samples_start..],
+        let len_at = key_len + used;
+        let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+        let samples_start = len_at + 4;
+        let it = SampleIter {
+            bytes: rest.get(samples_start..samples_start + len)?,
             pos: 0,
             left: n,
             prev: 0,
         };
-        let mut probe = it.clone();
-        while probe.next().is_some() {}
-        it.bytes = &it.bytes[..probe.pos];
-        self.pos += samples_start + probe.pos;
+        self.pos += samples_start + len;
         Some(SeriesView {
             key_bytes: &rest[..key_len],
-            key,
             samples: it,
         })
     }
@@ -364,7 +418,7 @@ mod tests {
             input.iter().filter(|s| !s.1.is_empty()).count()
         );
         view.series()
-            .map(|s| (s.key.to_owned_key(), s.samples.collect()))
+            .map(|s| (s.key().to_owned_key(), s.samples.collect()))
             .collect()
     }
 
@@ -417,7 +471,7 @@ mod tests {
                 "round {round}"
             );
             let first = view.series().next().unwrap();
-            assert_eq!(first.key.resource, "vm1");
+            assert_eq!(first.key().resource, "vm1");
             assert_eq!(
                 first.samples.collect::<Vec<_>>(),
                 vec![(10, 1.0), (20, 3.0)]

@@ -35,8 +35,11 @@ pub(crate) struct SealedRef {
 }
 
 pub(crate) struct Series {
-    /// The canonical key bytes (see series.rs).
-    pub key: Box<[u8]>,
+    /// Where the canonical key bytes (see series.rs) are in the
+    /// partition's key arena: keys of series created together sit together,
+    /// so a batch's key comparisons walk memory in order.
+    pub key_at: u32,
+    pub key_len: u32,
     pub head: ChunkEncoder,
     /// Boxed: 8 bytes per series instead of 24, and most series have none.
     #[allow(clippy::box_collection)]
@@ -47,9 +50,10 @@ pub(crate) struct Series {
 }
 
 impl Series {
-    pub fn new(key: &[u8]) -> Series {
+    pub fn new(key_at: u32, key_len: u32) -> Series {
         Series {
-            key: key.into(),
+            key_at,
+            key_len,
             head: ChunkEncoder::new(),
             overlay: None,
             sealed: Vec::new(),
@@ -101,18 +105,20 @@ impl Series {
         }
     }
 
-    /// Memory held by this series' samples (head chunk and overlay).
+    /// Memory held by this series' samples: the head chunk (its encoder
+    /// state and its buffer) and the overlay.
     pub fn sample_bytes(&self) -> usize {
-        self.head.heap_bytes()
+        std::mem::size_of::<ChunkEncoder>()
+            + self.head.heap_bytes()
             + self.overlay.as_ref().map_or(0, |o| {
                 std::mem::size_of::<BTreeMap<i64, f64>>() + o.len() * 40
             })
     }
 
-    /// Memory held by this series' identity and bookkeeping.
+    /// Memory held by this series' identity and bookkeeping (the head
+    /// encoder's state is counted with the samples).
     pub fn index_bytes(&self) -> usize {
-        std::mem::size_of::<Series>()
-            + self.key.len()
+        std::mem::size_of::<Series>() - std::mem::size_of::<ChunkEncoder>()
             + self.sealed.capacity() * std::mem::size_of::<SealedRef>()
     }
 }
@@ -224,7 +230,7 @@ mod tests {
 
     #[test]
     fn writes_follow_the_window() {
-        let mut s = Series::new(b"k");
+        let mut s = Series::new(0, 1);
         let w = |s: &mut Series, ts| s.write(ts, 1.0, 100);
         assert_eq!(w(&mut s, 1000), Outcome::Appended);
         assert_eq!(w(&mut s, 1000), Outcome::Overlaid);

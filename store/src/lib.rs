@@ -1,4 +1,11 @@
 //! store: one node's in-memory data (partitions, series, compressed chunks) and the PromQL engine.
+//!
+//! - [`series`]: series identity and its canonical byte form (what is interned);
+//! - [`batch`]: the unit of the log, replication and forwarding (sans-IO codec);
+//! - [`partition`]: log + memory + sealed chunk files of one partition, and the seal policy;
+//! - [`Store`]: the partitions of a node, opened from disk; [`Store::source`]
+//!   is the [`Source`] the query engine reads;
+//! - `head`, `memory`: per-series head chunks and overlays, the series index and postings.
 
 pub mod batch;
 pub mod error;

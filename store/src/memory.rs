@@ -50,6 +50,8 @@ pub struct WriteCounts {
 #[derive(Default)]
 pub(crate) struct Memory {
     pub series: Vec<Series>,
+    /// The canonical keys of all series, back to back.
+    keys: Vec<u8>,
     by_hash: HashIndex,
     collisions: HashMap<Box<[u8]>, u32>,
     postings: Postings,
@@ -57,12 +59,18 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
+    /// The canonical key bytes of a series.
+    #[inline]
+    pub fn key(&self, s: &Series) -> &[u8] {
+        &self.keys[s.key_at as usize..][..s.key_len as usize]
+    }
+
     /// The id of the series with canonical key `key_bytes`, created if new.
     #[inline]
-    pub fn intern(&mut self, key_bytes: &[u8], key: &KeyRef<'_>) -> u32 {
+    pub fn intern<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
         let hash = xxh3_64(key_bytes);
         if let Some(&id) = self.by_hash.get(&hash) {
-            if *self.series[id as usize].key == *key_bytes {
+            if self.key(&self.series[id as usize]) == key_bytes {
                 return id;
             }
             if let Some(&id) = self.collisions.get(key_bytes) {
@@ -77,9 +85,13 @@ impl Memory {
         id
     }
 
-    fn add_series(&mut self, key_bytes: &[u8], key: &KeyRef<'_>) -> u32 {
+    fn add_series<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
+        let key = key();
         let id = u32::try_from(self.series.len()).expect("fewer than 2^32 series per partition");
-        self.series.push(Series::new(key_bytes));
+        let key_at = u32::try_from(self.keys.len()).expect("less than 4 GiB of keys per partition");
+        self.keys.extend_from_slice(key_bytes);
+        self.series
+            .push(Series::new(key_at, key_bytes.len() as u32));
         self.post(METRIC_LABEL, key.metric, id);
         self.post(RESOURCE_LABEL, key.resource, id);
         for (n, v) in key.tags() {
@@ -105,7 +117,7 @@ impl Memory {
     pub fn apply(&mut self, batch: &BatchView<'_>, ooo_window_ms: i64) {
         let mut counts = self.counts;
         for s in batch.series() {
-            let id = self.intern(s.key_bytes, &s.key);
+            let id = self.intern(s.key_bytes, || s.key());
             let series = &mut self.series[id as usize];
             for (ts, v) in s.samples {
                 match series.write(ts, v, ooo_window_ms) {
@@ -157,7 +169,7 @@ impl Memory {
         let mut ids = candidates.unwrap_or_else(all);
         if !filters.is_empty() {
             ids.retain(|&id| {
-                let key = match KeyRef::parse(&self.series[id as usize].key) {
+                let key = match KeyRef::parse(self.key(&self.series[id as usize])) {
                     Ok(k) => k,
                     Err(_) => return false,
                 };
@@ -170,7 +182,9 @@ impl Memory {
     /// Bytes of the index: per-series bookkeeping, hash tables and postings.
     pub fn index_bytes(&self) -> usize {
         let series: usize = self.series.iter().map(Series::index_bytes).sum();
-        let table = self.by_hash.capacity() * 13 + self.collisions.capacity() * 40;
+        // A hashbrown bucket is the entry plus one control byte; `capacity`
+        // is 7/8 of the buckets.
+        let table = self.by_hash.capacity() * 8 / 7 * 17 + self.collisions.capacity() * 8 / 7 * 25;
         let postings: usize = self
             .postings
             .iter()
@@ -184,6 +198,7 @@ impl Memory {
             })
             .sum();
         series
+            + self.keys.capacity()
             + table
             + postings
             + (self.series.capacity() - self.series.len()) * std::mem::size_of::<Series>()

@@ -85,6 +85,8 @@ pub(crate) struct State {
     /// Rejections counted before `covered` (persisted in `stats`).
     rejected_sealed: u64,
     pub corrupt_reads: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the state is rebuilt (series ids change meaning).
+    pub generation: u64,
 }
 
 pub struct Partition {
@@ -271,8 +273,10 @@ impl Partition {
             });
         }
         log.truncate_after(lsn)?;
-        let fresh = self.load(&log)?;
-        *self.state.write().expect("state lock") = fresh;
+        let mut fresh = self.load(&log)?;
+        let mut state = self.state.write().expect("state lock");
+        fresh.generation = state.generation + 1;
+        *state = fresh;
         Ok(())
     }
 
@@ -319,13 +323,25 @@ impl Partition {
             };
             let (min_ts, max_ts) = (first.0, last.0);
             if s.overlay.is_none() {
-                writer.add(&s.key, min_ts, max_ts, s.head.len() as u32, s.head.bytes())?;
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    s.head.len() as u32,
+                    s.head.bytes(),
+                )?;
             } else {
                 let mut enc = fsdb::codec::ChunkEncoder::new();
                 for &(t, v) in samples {
                     enc.push(t, v);
                 }
-                writer.add(&s.key, min_ts, max_ts, samples.len() as u32, enc.bytes())?;
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    samples.len() as u32,
+                    enc.bytes(),
+                )?;
             }
         }
         let chunks = writer.len();
@@ -360,6 +376,7 @@ impl Partition {
         let mut runs = Runs::default();
         for s in &state.mem.series {
             state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+            let key = KeyRef::parse(state.mem.key(s))?.to_owned_key();
             for &(t, v) in runs.finish() {
                 if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
                     let mut out = Vec::new();
@@ -367,7 +384,6 @@ impl Partition {
                     batches.push(out);
                     builder.clear();
                 }
-                let key = KeyRef::parse(&s.key)?.to_owned_key();
                 builder.push_key(&key, t, v)?;
             }
         }
@@ -408,7 +424,7 @@ impl Partition {
         let mut acc = 0u64;
         for s in &state.mem.series {
             state.read_series(s, i64::MIN, i64::MAX, &mut runs);
-            let seed = xxh3_64(&s.key);
+            let seed = xxh3_64(state.mem.key(s));
             for &(t, v) in runs.finish() {
                 let mut b = [0u8; 16];
                 b[..8].copy_from_slice(&t.to_le_bytes());
@@ -448,6 +464,7 @@ impl State {
             covered: Lsn(0),
             rejected_sealed: 0,
             corrupt_reads: Default::default(),
+            generation: 0,
         }
     }
 
@@ -461,7 +478,7 @@ impl State {
                 offset: meta.offset,
                 reason: "bad series key".into(),
             })?;
-            let id = self.mem.intern(meta.series_key, &key);
+            let id = self.mem.intern(meta.series_key, || key);
             let series = &mut self.mem.series[id as usize];
             series.newest = series.newest.max(meta.max_ts);
             match series.sealed.last_mut() {
@@ -491,7 +508,7 @@ impl State {
                 continue;
             }
             let file = &self.files[r.file as usize];
-            for chunk in file.read(&s.key, start, end) {
+            for chunk in file.read(self.mem.key(s), start, end) {
                 runs.begin();
                 let ok = chunk.ok().is_some_and(|(_, bytes)| {
                     fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok()

@@ -135,7 +135,34 @@ pub struct KeyRef<'a> {
     tag_count: u8,
 }
 
+/// Length of the key at the start of `bytes`, walking only the length
+/// fields (no UTF-8 or order checks: for bytes already validated).
+#[inline]
+pub fn key_len(bytes: &[u8]) -> Option<usize> {
+    let len_at = |pos: usize| -> Option<usize> {
+        let b = bytes.get(pos..pos + 2)?;
+        Some(u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let mut pos = 0;
+    pos += 2 + len_at(pos)?;
+    pos += 2 + len_at(pos)?;
+    let tags = *bytes.get(pos)?;
+    pos += 1;
+    for _ in 0..tags * 2 {
+        pos += 2 + len_at(pos)?;
+    }
+    (pos <= bytes.len()).then_some(pos)
+}
+
 impl<'a> KeyRef<'a> {
+    /// The key of a series with empty resource and metric and no tags.
+    pub const EMPTY: KeyRef<'static> = KeyRef {
+        resource: "",
+        metric: "",
+        tag_bytes: &[],
+        tag_count: 0,
+    };
+
     /// Parses exactly one key that fills `bytes`.
     pub fn parse(bytes: &'a [u8]) -> Result<KeyRef<'a>> {
         let (key, used) = KeyRef::parse_prefix(bytes)?;
@@ -285,6 +312,7 @@ mod tests {
         let key = SeriesKey::new(resource, metric, tags).unwrap();
         let bytes = key.to_bytes();
         assert_eq!(bytes.len(), key.encoded_len());
+        assert_eq!(key_len(&bytes), Some(bytes.len()));
         let view = KeyRef::parse(&bytes).unwrap();
         assert_eq!(view.to_owned_key(), key);
         let labels = view.labels();

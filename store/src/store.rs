@@ -12,7 +12,7 @@ use fsdb::{Backend, LogConfig, Lsn, Term};
 
 use crate::error::{Error, Result};
 use crate::head::Runs;
-use crate::partition::{Partition, PartitionConfig, PartitionStats, SealPolicy};
+use crate::partition::{Partition, PartitionConfig, PartitionStats, SealPolicy, State};
 use crate::series::KeyRef;
 use crate::source::{Matcher, SeriesData, Source};
 use crate::PartitionId;
@@ -172,19 +172,10 @@ impl Store {
     }
 
     fn remove_files(&self, id: PartitionId) -> Result<()> {
-        let backend = &*self.config.backend;
-        let dir = self.partition_dir(id);
-        for sub in [dir.join("log"), dir.join("chunks"), dir.clone()] {
-            let names = match backend.list_dir(&sub) {
-                Ok(names) => names,
-                Err(fsdb::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for name in names {
-                backend.remove_file(&sub.join(name))?;
-            }
+        match self.config.backend.remove_dir_all(&self.partition_dir(id)) {
+            Ok(()) | Err(fsdb::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
     /// Replaces partition `id` (existing, corrupted or absent) by a full copy
@@ -294,22 +285,53 @@ impl Partition {
         if start_ms > end_ms {
             return;
         }
-        let state = self.state.read().expect("state lock");
         let mut runs = Runs::default();
-        for id in state.mem.select_ids(matchers) {
-            let s = &state.mem.series[id as usize];
-            state.read_series(s, start_ms, end_ms, &mut runs);
-            let samples = runs.finish();
-            if samples.is_empty() {
-                continue;
+        let (ids, generation) = {
+            let state = self.state.read().expect("state lock");
+            (state.mem.select_ids(matchers), state.generation)
+        };
+        // Read in slices of series, releasing the lock in between, so that a
+        // large select never stalls ingest for long. Series ids stay valid
+        // until the state is rebuilt (truncate_after): then read it all again
+        // under one lock.
+        let first = out.len();
+        for slice in ids.chunks(SELECT_SERIES_PER_LOCK) {
+            let state = self.state.read().expect("state lock");
+            if state.generation != generation {
+                out.truncate(first);
+                let ids = state.mem.select_ids(matchers);
+                read_ids(&state, &ids, start_ms, end_ms, &mut runs, out);
+                return;
             }
-            let Ok(key) = KeyRef::parse(&s.key) else {
-                continue;
-            };
-            out.push(SeriesData {
-                labels: key.labels(),
-                samples: samples.to_vec(),
-            });
+            read_ids(&state, slice, start_ms, end_ms, &mut runs, out);
         }
+    }
+}
+
+/// Series read under one lock acquisition by a select.
+const SELECT_SERIES_PER_LOCK: usize = 256;
+
+fn read_ids(
+    state: &State,
+    ids: &[u32],
+    start_ms: i64,
+    end_ms: i64,
+    runs: &mut Runs,
+    out: &mut Vec<SeriesData>,
+) {
+    for &id in ids {
+        let s = &state.mem.series[id as usize];
+        state.read_series(s, start_ms, end_ms, runs);
+        let samples = runs.finish();
+        if samples.is_empty() {
+            continue;
+        }
+        let Ok(key) = KeyRef::parse(state.mem.key(s)) else {
+            continue;
+        };
+        out.push(SeriesData {
+            labels: key.labels(),
+            samples: samples.to_vec(),
+        });
     }
 }

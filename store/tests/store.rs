@@ -32,6 +32,7 @@ fn config(backend: Arc<MemBackend>) -> StoreConfig {
             segment_bytes_min: 4096,
             segment_bytes_max: 1 << 20,
             record_bytes_max: 1 << 16,
+            write_ahead_bytes: 4096,
         },
         backend,
         seal: SealPolicy::default(),
@@ -431,4 +432,84 @@ fn restart_on_real_files() {
         normalize(store.source(&ids).select(&[], i64::MIN, i64::MAX)),
         normalize(all)
     );
+}
+
+#[test]
+fn stats_account_memory_and_seal_policy() {
+    let backend = Arc::new(MemBackend::new());
+    let mut cfg = config(backend);
+    cfg.seal = SealPolicy {
+        head_samples_max: 100,
+        head_span_ms: 1_000,
+    };
+    let (store, _) = Store::open(cfg).unwrap();
+    let p = store.create_partition(P).unwrap();
+    p.append(Term(1), &encode(&vec![(0, 0, 1.0), (1, 0, 2.0)]))
+        .unwrap();
+    assert!(!p.seal_due());
+    p.append(Term(1), &encode(&vec![(0, 1_000, 1.0)])).unwrap();
+    assert!(p.seal_due(), "the head spans the policy's span");
+    let s = p.stats();
+    assert_eq!((s.series, s.accepted, s.head_samples), (2, 3, 3));
+    assert!(s.head_bytes > 0 && s.index_bytes > 0);
+    assert_eq!(p.seal().unwrap(), 2);
+    assert!(!p.seal_due());
+    let s = p.stats();
+    assert_eq!(
+        (s.head_samples, s.chunk_files, s.covered_lsn),
+        (0, 1, Lsn(2))
+    );
+    let w: Write = (0..100).map(|t| (2, 10_000 + t, 0.0)).collect();
+    p.append(Term(1), &encode(&w)).unwrap();
+    assert!(p.seal_due(), "the head holds the policy's sample count");
+    let m = store.memory_stats();
+    assert_eq!((m.partitions, m.series, m.head_samples), (1, 3, 100));
+}
+
+#[test]
+fn a_damaged_chunk_is_never_served() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let p = store.create_partition(P).unwrap();
+    p.append(Term(1), &encode(&vec![(0, 1, 1.0), (0, 2, 2.0)]))
+        .unwrap();
+    p.seal().unwrap();
+    assert_eq!(p.select(&[], 0, 10).len(), 1);
+    let chunk = std::fs::read_dir(dir.path().join("p7/chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "chunk"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&chunk)
+        .unwrap();
+    f.seek(SeekFrom::Start(80)).unwrap();
+    f.write_all(&[0x5A; 4]).unwrap();
+    f.sync_all().unwrap();
+    assert!(p.select(&[], 0, 10).is_empty(), "corrupt chunk served");
+    assert_eq!(p.stats().corrupt_reads, 1);
+}
+
+#[test]
+fn large_selects_read_every_series_across_lock_slices() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    let mut b = batch::BatchBuilder::new();
+    for i in 0..700 {
+        b.push(&format!("r{i:03}"), "cpu", &[], i, i as f64)
+            .unwrap();
+    }
+    let mut bytes = Vec::new();
+    b.encode(&mut bytes);
+    p.append(Term(1), &bytes).unwrap();
+    let all = p.select(&[], 0, 1000);
+    assert_eq!(all.len(), 700);
+    let mut seen: Vec<i64> = all.iter().map(|s| s.samples[0].0).collect();
+    seen.sort();
+    assert_eq!(seen, (0..700).collect::<Vec<_>>());
+    let m = Matcher::new("resource", MatchOp::Regex, "r6.*").unwrap();
+    assert_eq!(p.select(&[m], 0, 1000).len(), 100);
 }

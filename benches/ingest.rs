@@ -26,14 +26,22 @@ fn round(ts_s: i64, walk: &mut [f64]) -> Vec<u8> {
         for m in 0..METRICS {
             let i = r * METRICS + m;
             walk[i] += ((i as i64 * 7 + ts_s) % 11 - 5) as f64 / 100.0;
-            out.extend_from_slice(format!("dc1.vm{r}.metric{m} {:.2} {ts_s}\n", walk[i]).as_bytes());
+            out.extend_from_slice(
+                format!("dc1.vm{r}.metric{m} {:.2} {ts_s}\n", walk[i]).as_bytes(),
+            );
         }
     }
     out
 }
 
 /// The hot path: parse, route, append (log + memory).
-fn ingest(text: &[u8], store: &Store, builders: &mut [BatchBuilder], buf: &mut Vec<u8>, config: &GraphiteConfig) -> usize {
+fn ingest(
+    text: &[u8],
+    store: &Store,
+    builders: &mut [BatchBuilder],
+    buf: &mut Vec<u8>,
+    config: &GraphiteConfig,
+) -> usize {
     let mut n = 0;
     for line in text.split(|&b| b == b'\n') {
         if line.is_empty() {
@@ -41,7 +49,9 @@ fn ingest(text: &[u8], store: &Store, builders: &mut [BatchBuilder], buf: &mut V
         }
         let l = parse_line(line, config, 0).expect("valid line");
         let p = partition_of(l.resource.as_bytes(), PARTITIONS).0;
-        builders[p as usize].push(l.resource, l.metric, &[], l.timestamp_ms, l.value).expect("valid key");
+        builders[p as usize]
+            .push(l.resource, l.metric, &[], l.timestamp_ms, l.value)
+            .expect("valid key");
         n += 1;
     }
     for (p, b) in builders.iter_mut().enumerate() {
@@ -58,7 +68,11 @@ fn ingest(text: &[u8], store: &Store, builders: &mut [BatchBuilder], buf: &mut V
 }
 
 /// The reference: parse, look the series up in a hash map, append to a Vec.
-fn minimal_loop(text: &[u8], series: &mut HashMap<Vec<u8>, Vec<(i64, f64)>>, config: &GraphiteConfig) -> usize {
+fn minimal_loop(
+    text: &[u8],
+    series: &mut HashMap<Vec<u8>, Vec<(i64, f64)>>,
+    config: &GraphiteConfig,
+) -> usize {
     let mut n = 0;
     for line in text.split(|&b| b == b'\n') {
         if line.is_empty() {
@@ -81,12 +95,16 @@ fn bench(c: &mut Criterion) {
     let config = GraphiteConfig::default();
     let mut group = c.benchmark_group("ingest_100k_series");
     group.throughput(Throughput::Elements(SERIES as u64));
-    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, _) = Store::open(StoreConfig::new(dir.path().join("store"))).expect("open store");
     for p in 0..PARTITIONS {
-        store.create_partition(PartitionId(p)).expect("create partition");
+        store
+            .create_partition(PartitionId(p))
+            .expect("create partition");
     }
     let mut builders: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
     let mut buf = Vec::new();

@@ -35,6 +35,7 @@ pub struct Progress {
     corrupted: BTreeSet<u32>,
     /// Bytes of log records and snapshots received, for status and tests.
     pub bytes_received: u64,
+    failures: u64,
 }
 
 impl Progress {
@@ -93,7 +94,19 @@ pub async fn run(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
                         progress.lagging.insert(p, lag);
                     }
                 }
-                Err(e) => tracing::warn!(partition = p, source = source.0, "catch-up failed: {e}"),
+                Err(e) => {
+                    let mut progress = node.catchup.lock().expect("poisoned");
+                    progress.failures += 1;
+                    // A source that is down fails every pass: log a sample, not a flood.
+                    if progress.failures.is_power_of_two() {
+                        tracing::warn!(
+                            partition = p,
+                            source = source.0,
+                            failures = progress.failures,
+                            "catch-up failed: {e}"
+                        );
+                    }
+                }
             }
         }
         let idle = if pending == 0 {
@@ -125,8 +138,9 @@ async fn catch_up(
     // Bounded: each round either applies records, truncates, or returns.
     let mut lag = 1;
     for _ in 0..64 {
-        let part = node.partition(p).map_err(|e| e.1)?;
-        let local_last = part.last_lsn().0;
+        let existing = node.store.partition(store::PartitionId(p));
+        let local_last = existing.as_ref().map_or(0, |part| part.last_lsn().0);
+        let local_term = existing.as_ref().map_or(0, |part| part.last_term().0);
         let request = CatchUpRequest {
             partition: p,
             from_lsn: local_last + 1,
@@ -145,12 +159,10 @@ async fn catch_up(
             }
             Err(e) => return Err(e.to_string()),
         };
-        if let Some(keep) = divergence_point(
-            part.last_term().0,
-            local_last,
-            &reply.term_history,
-            reply.last_lsn,
-        ) {
+        if let Some(keep) =
+            divergence_point(local_term, local_last, &reply.term_history, reply.last_lsn)
+        {
+            let part = node.partition(p).map_err(|e| e.1)?;
             tracing::warn!(
                 partition = p,
                 from = keep + 1,
@@ -163,6 +175,10 @@ async fn catch_up(
             }
             continue;
         }
+        if reply.records.is_empty() {
+            return Ok(reply.last_lsn.saturating_sub(local_last));
+        }
+        let part = node.partition(p).map_err(|e| e.1)?;
         let received: u64 = reply.records.iter().map(|r| r.batch.len() as u64).sum();
         node.catchup.lock().expect("poisoned").bytes_received += received;
         let mut last = local_last;
@@ -226,24 +242,38 @@ async fn install_snapshot(
             store::PartitionId(p),
             Lsn(snap.lsn),
             Term(snap.term),
-            snap.batches,
+            &snap.batches,
         )
+        .map(|_| ())
         .map_err(|e| format!("partition {p}: {e}"))
 }
 
-/// Source side: records from an LSN, with the term history.
+/// Source side: records from an LSN, with the term history. A partition
+/// this node has no files for was never written to: it is empty, not missing.
 pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
     let req = CatchUpRequest::decode(payload)?;
-    let part = node
-        .store
-        .partition(store::PartitionId(req.partition))
-        .ok_or((
+    if node
+        .catchup
+        .lock()
+        .expect("poisoned")
+        .is_corrupted(req.partition)
+    {
+        return Err((
             ErrorCode::NotOwner,
             format!(
-                "node {} has no copy of partition {}",
+                "node {}'s copy of partition {} is being refetched",
                 node.id, req.partition
             ),
-        ))?;
+        ));
+    }
+    let Some(part) = node.store.partition(store::PartitionId(req.partition)) else {
+        return Ok(CatchUpReply {
+            last_lsn: 0,
+            term_history: Vec::new(),
+            records: Vec::new(),
+        }
+        .encode());
+    };
     let last_lsn = part.last_lsn().0;
     let records = if req.from_lsn > last_lsn {
         Vec::new()

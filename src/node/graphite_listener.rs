@@ -54,6 +54,7 @@ async fn connection(mut socket: TcpStream, node: Arc<Node>) {
                 node.metrics
                     .add_bad_line(LineError::TooLong, b"<line over the length limit>");
             }
+            Piece::Empty => node.metrics.add_empty_line(),
         });
         // Write what this read brought before reading more: back-pressure.
         groups.flush(&node).await;

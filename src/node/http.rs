@@ -54,7 +54,6 @@ pub fn router(node: Arc<Node>) -> Router {
 enum ApiError {
     BadData(String),
     Execution(String),
-    Unavailable(String),
 }
 
 impl From<QueryError> for ApiError {
@@ -71,7 +70,6 @@ impl IntoResponse for ApiError {
         let (status, kind, msg) = match self {
             ApiError::BadData(m) => (StatusCode::BAD_REQUEST, "bad_data", m),
             ApiError::Execution(m) => (StatusCode::UNPROCESSABLE_ENTITY, "execution", m),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
         };
         (
             status,
@@ -385,8 +383,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     );
     let _ = writeln!(
         extra,
-        "# TYPE tandem_store_sample_bytes gauge\ntandem_store_sample_bytes {}",
-        mem.sample_bytes
+        "# TYPE tandem_store_head_bytes gauge\ntandem_store_head_bytes {}",
+        mem.head_bytes
     );
     let _ = writeln!(
         extra,

@@ -67,7 +67,6 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(15);
 
 pub struct Node {
     pub id: NodeId,
-    spec: NodeSpec,
     store: store::Store,
     map: RwLock<Arc<ClusterMap>>,
     peers: Mutex<HashMap<NodeId, Arc<Client>>>,
@@ -115,7 +114,6 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
     let map = register(&args.controller, &spec).await?;
     let node = Arc::new(Node {
         id: spec.id,
-        spec,
         store,
         sequencers: (0..map.partitions)
             .map(|_| tokio::sync::Mutex::new(()))

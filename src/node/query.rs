@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
-use store::{Labels, MatchOp, Matcher, SeriesData, SeriesKey};
+use store::{MatchOp, Matcher, SeriesData, SeriesKey};
 
 use super::msg::{SelectReply, SelectRequest};
 use super::Node;
@@ -141,7 +141,7 @@ fn decode_series(batch: &[u8]) -> Result<Vec<SeriesData>, String> {
     Ok(view
         .series()
         .map(|s| SeriesData {
-            labels: s.key.labels(),
+            labels: s.key().labels(),
             samples: s.samples.collect(),
         })
         .collect())
@@ -292,12 +292,4 @@ fn resource_of(matchers: &[Matcher]) -> Option<&str> {
         .iter()
         .find(|m| m.name == store::source::RESOURCE_LABEL && m.op == MatchOp::Equal)
         .map(|m| m.value.as_str())
-}
-
-/// Labels of a series, for the HTTP layer.
-pub fn label_pairs(labels: &Labels) -> Vec<(String, String)> {
-    labels
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect()
 }

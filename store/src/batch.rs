@@ -542,3 +542,94 @@ mod tests {
         }
     }
 }
+
+/// Splits a batch into one batch per group (the gateway groups by
+/// partition), copying each series' encoded bytes as they are.
+pub fn split(
+    view: &BatchView<'_>,
+    mut group_of: impl FnMut(&KeyRef<'_>) -> u32,
+) -> Vec<(u32, Vec<u8>)> {
+    let mut groups: Vec<(u32, Vec<u8>, u32)> = Vec::new();
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    let mut it = view.series();
+    loop {
+        let start = it.pos;
+        let Some(series) = it.next() else { break };
+        let raw = &view.body[start..it.pos];
+        let group = group_of(&series.key());
+        let slot = *index.entry(group).or_insert_with(|| {
+            groups.push((group, vec![MAGIC, VERSION, 0, 0, 0, 0], 0));
+            groups.len() - 1
+        });
+        let (_, buf, count) = &mut groups[slot];
+        buf.extend_from_slice(raw);
+        *count += 1;
+    }
+    groups
+        .into_iter()
+        .map(|(group, mut buf, count)| {
+            buf[2..HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
+            (group, buf)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_sample_in_its_group() {
+        let mut b = BatchBuilder::new();
+        for r in 0..20 {
+            for m in 0..3 {
+                for t in 0..4 {
+                    b.push(
+                        &format!("vm{r}"),
+                        &format!("m{m}"),
+                        &[("k", "v")],
+                        t * 1000 - 1500,
+                        r as f64 + t as f64 / 8.0,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let mut bytes = Vec::new();
+        b.encode(&mut bytes);
+        let view = decode(&bytes).unwrap();
+        let group_of =
+            |k: &KeyRef<'_>| k.resource.len() as u32 + k.resource.as_bytes()[2] as u32 % 3;
+        let groups = split(&view, group_of);
+        let mut seen = Vec::new();
+        for (g, part) in &groups {
+            let v = decode(part).unwrap();
+            for s in v.series() {
+                assert_eq!(group_of(&s.key()), *g);
+                for (t, x) in s.samples.clone() {
+                    seen.push((
+                        s.key().resource.to_string(),
+                        s.key().metric.to_string(),
+                        t,
+                        x.to_bits(),
+                    ));
+                }
+            }
+        }
+        let mut want = Vec::new();
+        for s in view.series() {
+            for (t, x) in s.samples.clone() {
+                want.push((
+                    s.key().resource.to_string(),
+                    s.key().metric.to_string(),
+                    t,
+                    x.to_bits(),
+                ));
+            }
+        }
+        seen.sort();
+        want.sort();
+        assert_eq!(seen, want);
+        assert_eq!(want.len(), 240);
+    }
+}

@@ -29,25 +29,64 @@ pub struct Layout {
 
 impl Default for Layout {
     fn default() -> Layout {
-        Layout { nodes: 3, hosts: 3, replicas: 2, partitions: 64 }
+        Layout {
+            nodes: 3,
+            hosts: 3,
+            replicas: 2,
+            partitions: 64,
+        }
     }
 }
 
 impl Cluster {
     pub fn up(layout: Layout) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("tandem-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("tandem-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let out = Command::new(TANDEM)
             .args(["up", "--detach", "--data"])
             .arg(dir.path())
-            .args(["--nodes", &layout.nodes.to_string(), "--hosts", &layout.hosts.to_string()])
-            .args(["--replicas", &layout.replicas.to_string(), "--partitions", &layout.partitions.to_string()])
+            .args([
+                "--nodes",
+                &layout.nodes.to_string(),
+                "--hosts",
+                &layout.hosts.to_string(),
+            ])
+            .args([
+                "--replicas",
+                &layout.replicas.to_string(),
+                "--partitions",
+                &layout.partitions.to_string(),
+            ])
             .output()
             .expect("run tandem up");
         let cluster_path = dir.path().join("cluster.json");
         let file = ClusterFile::load(&cluster_path);
-        let pids: Vec<u32> = file.as_ref().map(|f| f.controllers.iter().chain(&f.nodes).map(|p| p.pid).collect()).unwrap_or_default();
-        let cluster = Cluster { dir, file: file.unwrap_or(ClusterFile { controllers: vec![], nodes: vec![] }), pids: std::sync::Mutex::new(pids) };
-        assert!(out.status.success(), "tandem up failed: {}\n{}", String::from_utf8_lossy(&out.stderr), cluster.logs());
+        let pids: Vec<u32> = file
+            .as_ref()
+            .map(|f| {
+                f.controllers
+                    .iter()
+                    .chain(&f.nodes)
+                    .map(|p| p.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cluster = Cluster {
+            dir,
+            file: file.unwrap_or(ClusterFile {
+                controllers: vec![],
+                nodes: vec![],
+            }),
+            pids: std::sync::Mutex::new(pids),
+        };
+        assert!(
+            out.status.success(),
+            "tandem up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            cluster.logs()
+        );
         cluster
     }
 
@@ -57,14 +96,29 @@ impl Cluster {
 
     /// Runs `tandem ARGS --cluster <this cluster>`.
     pub fn tandem(&self, args: &[&str]) -> Output {
-        Command::new(TANDEM).args(args).arg("--cluster").arg(self.cluster_path()).output().expect("run tandem")
+        Command::new(TANDEM)
+            .args(args)
+            .arg("--cluster")
+            .arg(self.cluster_path())
+            .output()
+            .expect("run tandem")
     }
 
     /// Runs a command that prints JSON and must succeed.
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.tandem(args);
-        assert!(out.status.success(), "tandem {args:?} failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tandem {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "tandem {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tandem {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     pub fn http(&self, node: usize) -> String {
@@ -72,7 +126,10 @@ impl Cluster {
     }
 
     pub fn graphite(&self, node: usize) -> String {
-        self.file.nodes[node].graphite.clone().expect("node has graphite")
+        self.file.nodes[node]
+            .graphite
+            .clone()
+            .expect("node has graphite")
     }
 
     /// A PromQL instant query over HTTP against one node; returns the whole JSON answer.
@@ -83,7 +140,10 @@ impl Cluster {
     fn query_form(&self, node: usize, form: &[(&str, &str)]) -> Value {
         let url = format!("http://{}/api/v1/query", self.http(node));
         let expr = form[0].1;
-        let resp = match ureq::post(&url).timeout(Duration::from_secs(30)).send_form(form) {
+        let resp = match ureq::post(&url)
+            .timeout(Duration::from_secs(30))
+            .send_form(form)
+        {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
             Err(e) => panic!("query {expr:?} on node {node}: {e}"),
@@ -98,7 +158,10 @@ impl Cluster {
 
     /// The single value of an instant query at unix second `t`.
     pub fn scalar_at(&self, node: usize, expr: &str, t: i64) -> f64 {
-        value_of(expr, self.query_form(node, &[("query", expr), ("time", &t.to_string())]))
+        value_of(
+            expr,
+            self.query_form(node, &[("query", expr), ("time", &t.to_string())]),
+        )
     }
 
     /// Sends raw bytes to a node's Graphite port on one connection.
@@ -120,7 +183,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("timed out after {timeout:?} waiting for {what}\n{}", self.logs());
+        panic!(
+            "timed out after {timeout:?} waiting for {what}\n{}",
+            self.logs()
+        );
     }
 
     /// The tail of every process log, for failure messages.
@@ -147,7 +213,10 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for pid in self.pids.lock().map(|p| p.clone()).unwrap_or_default() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

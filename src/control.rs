@@ -122,7 +122,25 @@ pub fn wait_until_active(
                     .filter(|n| n.state == controller::NodeState::Active)
                     .count();
                 if active >= nodes && reply.status.partitions.unavailable == 0 {
-                    return Ok(());
+                    // Ready once every node also holds the controller's map:
+                    // until then a node may still route by an older one.
+                    let epoch = reply.status.epoch.0;
+                    let behind: Vec<String> = reply
+                        .status
+                        .nodes
+                        .iter()
+                        .filter(|n| node_epoch(&n.addr) != Some(epoch))
+                        .map(|n| n.id.to_string())
+                        .collect();
+                    if behind.is_empty() {
+                        return Ok(());
+                    }
+                    last = format!(
+                        "nodes {} do not have map epoch {epoch} yet",
+                        behind.join(",")
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
                 }
                 last = format!("{active} of {nodes} nodes Active");
             }
@@ -131,4 +149,10 @@ pub fn wait_until_active(
         std::thread::sleep(Duration::from_millis(200));
     }
     Err(anyhow!("not ready after {timeout:?}: {last}"))
+}
+
+/// The map epoch a node holds, if it answers.
+fn node_epoch(addr: &str) -> Option<u64> {
+    let bytes = net::request_blocking(addr, Kind::Map, &[], Duration::from_secs(2)).ok()?;
+    ClusterMap::from_wire(&bytes).ok().map(|m| m.epoch.0)
 }

@@ -145,6 +145,7 @@ async fn catch_up(
             partition: p,
             from_lsn: local_last + 1,
             max_bytes: CATCH_UP_BYTES,
+            fence_term: 0,
         };
         let reply = match client
             .request(Kind::CatchUp, &request.encode(), CATCH_UP_TIMEOUT)
@@ -252,6 +253,9 @@ async fn install_snapshot(
 /// this node has no files for was never written to: it is empty, not missing.
 pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
     let req = CatchUpRequest::decode(payload)?;
+    if req.fence_term > 0 {
+        node.fence(req.partition, req.fence_term);
+    }
     if node
         .catchup
         .lock()

@@ -116,6 +116,16 @@ impl Metrics {
             self.graphite_lines.load(Relaxed),
         );
         counter(
+            "tandem_graphite_empty_lines_total",
+            "Blank Graphite lines (skipped, not errors).",
+            self.graphite_empty.load(Relaxed),
+        );
+        counter(
+            "tandem_graphite_unterminated_lines_total",
+            "Graphite lines cut off by the connection closing (parsed if whole).",
+            self.graphite_unterminated.load(Relaxed),
+        );
+        counter(
             "tandem_queries_total",
             "PromQL queries answered.",
             self.queries.load(Relaxed),

@@ -75,6 +75,12 @@ pub struct Node {
     /// its replica in LSN order under it.
     sequencers: Vec<tokio::sync::Mutex<()>>,
     catchup: Mutex<catchup::Progress>,
+    /// Per partition, the newest term a primary announced to this copy:
+    /// records of older terms are refused (fencing ahead of the map).
+    fences: Mutex<HashMap<u32, u64>>,
+    /// Per partition, the term in which this node, as primary, took over
+    /// its peers' records.
+    synced: Mutex<HashMap<u32, u64>>,
     graphite: GraphiteConfig,
     pub metrics: Metrics,
     map_changed: tokio::sync::Notify,
@@ -120,6 +126,8 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
             .collect(),
         map: RwLock::new(Arc::new(map)),
         peers: Mutex::new(HashMap::new()),
+        fences: Mutex::new(HashMap::new()),
+        synced: Mutex::new(HashMap::new()),
         controllers: args.controller.clone(),
         catchup: Mutex::new(catchup::Progress::new(
             report.corrupted.iter().map(|(p, _)| p.0).collect(),
@@ -133,6 +141,7 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
     });
     tracing::info!(id = args.id, native = %args.listen, graphite = %args.graphite, http = %args.http, "node up");
 
+    tokio::spawn(node.clone().sync_new_primaries());
     tokio::spawn(heartbeat_loop(node.clone(), shutdown.subscribe()));
     tokio::spawn(catchup::run(node.clone(), shutdown.subscribe()));
     tokio::spawn(sync_loop(
@@ -201,6 +210,7 @@ async fn heartbeat_loop(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) 
                 period = Duration::from_millis(reply.heartbeat_ms.max(50));
                 if let Some(map) = reply.map {
                     node.install_map(map);
+                    tokio::spawn(node.clone().sync_new_primaries());
                 }
             }
             // The data path does not need the controller: keep serving with the last map.
@@ -275,6 +285,22 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Raises partition `p`'s fence to `term`.
+    fn fence(&self, p: u32, term: u64) {
+        let mut fences = self.fences.lock().expect("poisoned");
+        let f = fences.entry(p).or_insert(0);
+        *f = (*f).max(term);
+    }
+
+    fn fence_of(&self, p: u32) -> u64 {
+        self.fences
+            .lock()
+            .expect("poisoned")
+            .get(&p)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn peer(&self, node: NodeId) -> Option<Arc<Client>> {

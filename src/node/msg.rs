@@ -145,12 +145,16 @@ impl ReplicateAck {
     }
 }
 
-/// Replica -> source: records of `partition` from `from_lsn`, at most about `max_bytes`.
+/// Replica -> source: records of `partition` from `from_lsn`, at most about
+/// `max_bytes`. A new primary sets `fence_term` to its term: the source then
+/// refuses records of older terms (the old primary can no longer get an
+/// acknowledgement through it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CatchUpRequest {
     pub partition: u32,
     pub from_lsn: u64,
     pub max_bytes: u32,
+    pub fence_term: u64,
 }
 
 impl CatchUpRequest {
@@ -159,6 +163,7 @@ impl CatchUpRequest {
         put_u32(&mut out, self.partition);
         put_u64(&mut out, self.from_lsn);
         put_u32(&mut out, self.max_bytes);
+        put_u64(&mut out, self.fence_term);
         out
     }
 
@@ -168,6 +173,7 @@ impl CatchUpRequest {
             partition: r.u32()?,
             from_lsn: r.u64()?,
             max_bytes: r.u32()?,
+            fence_term: r.u64()?,
         })
     }
 }
@@ -356,6 +362,7 @@ mod tests {
             partition: 3,
             from_lsn: 10,
             max_bytes: 1 << 20,
+            fence_term: 4,
         };
         assert_eq!(CatchUpRequest::decode(&c.encode()).unwrap(), c);
 

@@ -160,7 +160,14 @@ impl Node {
         let (mut serve, mut missing) = (Vec::new(), Vec::new());
         for &p in partitions {
             // Only an Active, uncorrupted copy answers: a Recovering replica never serves reads.
-            if map.is_active_copy(PartitionId(p), self.id) && !progress.is_corrupted(p) {
+            // A new primary that has not yet taken over its peers' records
+            // may lack acknowledged samples: let another copy answer.
+            let unsynced = map.primary(PartitionId(p)) == Some(self.id)
+                && map
+                    .partition(PartitionId(p))
+                    .is_some_and(|i| self.synced_term(p) < i.term.0);
+            if map.is_active_copy(PartitionId(p), self.id) && !progress.is_corrupted(p) && !unsynced
+            {
                 serve.push(store::PartitionId(p));
             } else {
                 missing.push(p);

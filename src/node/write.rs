@@ -7,7 +7,7 @@ use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
 use store::{Lsn, Term};
 
-use super::msg::{Forward, Replicate, ReplicateAck};
+use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
 use super::{Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
 use crate::proto::{ErrorCode, Kind};
@@ -169,6 +169,11 @@ impl Node {
         }
         let term = info.term.0;
         let part = self.partition(p)?;
+        if self.synced_term(p) < term {
+            // First write of this term here (the map-change sync did not
+            // finish yet): take over what the other copies acknowledged.
+            self.sync_as_primary(p, term, &part).await?;
+        }
         let lsn = part
             .append(Term(term), batch)
             .map_err(|e| store_error(p, e))?;
@@ -196,6 +201,117 @@ impl Node {
         }
         self.metrics.add_replicated_batch();
         Ok(())
+    }
+
+    /// A new primary pulls, from every other Active copy, the records past
+    /// its own last LSN (a copy that became primary right after catching up
+    /// can miss what the old primary acknowledged meanwhile), and fences
+    /// those copies with its term so the old primary gets no more
+    /// acknowledgements through them.
+    async fn sync_as_primary(&self, p: u32, term: u64, part: &store::Partition) -> WriteResult {
+        let pid = PartitionId(p);
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let map = self.map();
+        for r in map
+            .active_replicas(pid)
+            .into_iter()
+            .filter(|&r| r != self.id)
+        {
+            loop {
+                if !self.map().is_active_copy(pid, r) {
+                    break;
+                }
+                let client = self
+                    .peer(r)
+                    .ok_or((ErrorCode::StaleMap, format!("node {r} is not in the map")))?;
+                let request = CatchUpRequest {
+                    partition: p,
+                    from_lsn: part.last_lsn().0 + 1,
+                    max_bytes: RESEND_BYTES_MAX as u32,
+                    fence_term: term,
+                };
+                let reply = match client
+                    .request(Kind::CatchUp, &request.encode(), REPLICA_TIMEOUT)
+                    .await
+                {
+                    Ok(bytes) => CatchUpReply::decode(&bytes)?,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(partition = p, peer = r.0, "primary sync retry: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err((
+                            ErrorCode::Unavailable,
+                            format!("partition {p}: cannot sync with node {r}: {e}"),
+                        ))
+                    }
+                };
+                let mut applied = 0;
+                for rec in &reply.records {
+                    if rec.lsn == part.last_lsn().0 + 1 {
+                        part.apply_replicated(Lsn(rec.lsn), Term(rec.term), &rec.batch)
+                            .map_err(|e| store_error(p, e))?;
+                        applied += 1;
+                    }
+                }
+                if applied > 0 {
+                    tracing::info!(
+                        partition = p,
+                        peer = r.0,
+                        records = applied,
+                        "new primary took over records from a peer"
+                    );
+                }
+                if applied == 0 || part.last_lsn().0 >= reply.last_lsn {
+                    break;
+                }
+            }
+        }
+        self.synced.lock().expect("poisoned").insert(p, term);
+        Ok(())
+    }
+
+    pub(super) fn synced_term(&self, p: u32) -> u64 {
+        self.synced
+            .lock()
+            .expect("poisoned")
+            .get(&p)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// After a map change: every partition this node now leads in a term it
+    /// has not synced yet takes over what its peers have, so reads from the
+    /// new primary see every acknowledged sample before the next write.
+    pub async fn sync_new_primaries(self: Arc<Self>) {
+        let map = self.map();
+        for p in 0..map.partitions {
+            let pid = PartitionId(p);
+            let Some(info) = map.partition(pid) else {
+                continue;
+            };
+            if map.primary(pid) != Some(self.id) || self.synced_term(p) >= info.term.0 {
+                continue;
+            }
+            let Some(seq) = self.sequencers.get(p as usize) else {
+                continue;
+            };
+            let _guard = seq.lock().await;
+            if self.synced_term(p) >= info.term.0 {
+                continue;
+            }
+            let result = match self.partition(p) {
+                Ok(part) => self.sync_as_primary(p, info.term.0, &part).await,
+                Err(e) => Err(e),
+            };
+            if let Err((_, e)) = result {
+                tracing::warn!(
+                    partition = p,
+                    "new primary could not sync yet (the next write retries): {e}"
+                );
+            }
+        }
     }
 
     /// Ships one record to an Active replica and waits for it to be applied,
@@ -349,6 +465,16 @@ impl Node {
 /// partition are applied in the order the primary sent them.
 pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     let m = Replicate::decode(payload)?;
+    let fence = node.fence_of(m.partition);
+    if m.term < fence {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is fenced by term {fence}",
+                m.partition, m.term
+            ),
+        ));
+    }
     let pid = PartitionId(m.partition);
     let map = node.map();
     if let Some(info) = map.partition(pid) {

@@ -137,6 +137,11 @@ impl Cluster {
         self.query_form(node, &[("query", expr)])
     }
 
+    /// An instant query at unix second `t`; returns the whole JSON answer.
+    pub fn query_at(&self, node: usize, expr: &str, t: i64) -> Value {
+        self.query_form(node, &[("query", expr), ("time", &t.to_string())])
+    }
+
     fn query_form(&self, node: usize, form: &[(&str, &str)]) -> Value {
         let url = format!("http://{}/api/v1/query", self.http(node));
         let expr = form[0].1;
@@ -153,13 +158,13 @@ impl Cluster {
 
     /// The single value of an instant query that returns one sample.
     pub fn scalar(&self, node: usize, expr: &str) -> f64 {
-        value_of(expr, self.query(node, expr))
+        value_of(&format!("node {node}: {expr}"), self.query(node, expr))
     }
 
     /// The single value of an instant query at unix second `t`.
     pub fn scalar_at(&self, node: usize, expr: &str, t: i64) -> f64 {
         value_of(
-            expr,
+            &format!("node {node} at {t}: {expr}"),
             self.query_form(node, &[("query", expr), ("time", &t.to_string())]),
         )
     }

@@ -478,6 +478,38 @@ impl BlockStats {
     }
 }
 
+/// The value code the encoder chose for one value, before it is written.
+#[derive(Debug, Clone, Copy)]
+enum ValueCode {
+    /// Decimal `0`: the current packing.
+    Packed { payload: u64, m: i64, delta: i64 },
+    /// Decimal `10`: a new packing.
+    Repacked {
+        packing: Packing,
+        payload: u64,
+        m: i64,
+        delta: i64,
+    },
+    /// Decimal `110` or float `111`: a new scale, absolute.
+    Rescaled { scale: u8, m: i64 },
+    /// Decimal `1110`: one raw value.
+    RawOnce,
+    /// Decimal `1111`: raw value, then float mode.
+    ToFloat,
+    /// Float `0`: the same bits again.
+    FloatSame,
+    /// Float `10`: XOR in the current window.
+    FloatWindow { xor: u64 },
+    /// Float `110`: XOR with a new window.
+    FloatNewWindow { xor: u64 },
+}
+
+impl ValueCode {
+    fn starts_with_zero(self) -> bool {
+        matches!(self, ValueCode::Packed { .. } | ValueCode::FloatSame)
+    }
+}
+
 /// A chunk being appended to, one sample at a time; its bytes are a complete
 /// chunk at every moment.
 #[derive(Debug, Clone)]
@@ -542,7 +574,8 @@ impl ChunkEncoder {
         );
         if self.count == 0 {
             self.bits.write(ts as u64, 64);
-            self.push_first_value(value);
+            let code = self.plan_first_value(value);
+            self.emit(code, value);
         } else if self.is_repeat(ts, value) && self.repeats >= RUN_AFTER {
             self.push_run();
         } else {
@@ -550,9 +583,16 @@ impl ChunkEncoder {
             self.repeats = if repeat { self.repeats + 1 } else { 0 };
             self.run_len = 0;
             let delta = ts.wrapping_sub(self.last_ts);
-            write_ts_dod(&mut self.bits, delta.wrapping_sub(self.ts_delta));
+            let dod = delta.wrapping_sub(self.ts_delta);
             self.ts_delta = delta;
-            self.push_value(value);
+            let code = self.plan_value(value);
+            // Sample code 0: dod 0 and a value code starting with 0, which
+            // doubles as the sample code. Anything else: 1, then both codes.
+            if dod != 0 || !code.starts_with_zero() {
+                self.bits.write(1, 1);
+                write_ts_dod(&mut self.bits, dod);
+            }
+            self.emit(code, value);
         }
         self.last_ts = ts;
         self.value.prev_bits = value.to_bits();
@@ -572,6 +612,7 @@ impl ChunkEncoder {
     /// Extends the open run in place, or opens a new one.
     fn push_run(&mut self) {
         if self.run_len == 0 || self.run_len == RUN_MAX {
+            self.bits.write(1, 1);
             self.bits.write(RUN_CODE.0, RUN_CODE.1);
             self.run_len_pos = u32::try_from(self.bits.bit_len())
                 .expect("MAX_SAMPLES keeps bit offsets within u32");
@@ -589,126 +630,162 @@ impl ChunkEncoder {
 
     /// The first value of a chunk is written absolute (a scale change) when it
     /// is a decimal, so no packing is widened for a delta from zero.
-    fn push_first_value(&mut self, v: f64) {
+    fn plan_first_value(&mut self, v: f64) -> ValueCode {
         match find_decimal(v) {
-            Some((scale, m)) => {
-                self.bits.write(0b110, 3);
-                write_scale_change(&mut self.bits, &mut self.value, scale, m);
-            }
-            None => self.push_value(v),
+            Some((scale, m)) => ValueCode::Rescaled { scale, m },
+            None => self.plan_value(v),
         }
     }
 
-    fn push_value(&mut self, v: f64) {
+    fn plan_value(&mut self, v: f64) -> ValueCode {
         if self.value.float_mode {
-            return self.push_float_mode(v);
+            return self.plan_float(v);
         }
         if let Some(m) = scaled_at(v, self.value.scale) {
             self.raw_streak = 0;
-            return self.push_scaled(m);
+            return self.plan_scaled(m);
         }
-        // Code 110: a new scale; 1110: one raw value; 1111: switch to floats.
         if let Some((scale, m)) = find_decimal(v) {
             self.raw_streak = 0;
-            self.bits.write(0b110, 3);
-            write_scale_change(&mut self.bits, &mut self.value, scale, m);
+            ValueCode::Rescaled { scale, m }
         } else if self.raw_streak == 0 {
             self.raw_streak = 1;
-            self.bits.write(0b1110, 4);
-            write_xor_full(&mut self.bits, &mut self.value, v.to_bits());
+            ValueCode::RawOnce
         } else {
             self.raw_streak = 0;
-            self.bits.write(0b1111, 4);
-            write_xor_full(&mut self.bits, &mut self.value, v.to_bits());
-            self.value.float_mode = true;
+            ValueCode::ToFloat
         }
     }
 
-    /// A decimal value at the current scale: code 0 (current packing) or 10
-    /// (new packing), then the payload.
-    fn push_scaled(&mut self, m: i64) {
-        if self.value.scale > 0 && m % 10 == 0 {
+    /// A decimal value at the current scale: the current packing, a new
+    /// packing, or one scale less when the extra digit is gone.
+    fn plan_scaled(&mut self, m: i64) -> ValueCode {
+        let s = &self.value;
+        if s.scale > 0 && m % 10 == 0 {
             self.coarse_streak = self.coarse_streak.saturating_add(1);
         } else {
             self.coarse_streak = 0;
         }
         if self.coarse_streak == COARSE_AFTER {
-            // The extra digit that raised the scale is gone: drop it again.
             self.coarse_streak = 0;
-            self.bits.write(0b110, 3);
-            let scale = self.value.scale - 1;
-            return write_scale_change(&mut self.bits, &mut self.value, scale, m / 10);
+            return ValueCode::Rescaled {
+                scale: s.scale - 1,
+                m: m / 10,
+            };
         }
-        let s = &mut self.value;
         let delta = m.wrapping_sub(s.scaled);
         let dod = delta.wrapping_sub(s.scaled_delta);
         self.block.add(delta, dod);
         let pending = self
             .pending
             .and_then(|p| p.payload(delta, dod).map(|u| (p, u)));
-        match (pending, s.packing.payload(delta, dod)) {
-            // Code 0 and the payload in one write: u < 2^width.
-            (None, Some(u)) => self.bits.write(u, u32::from(s.packing.width) + 1),
+        let code = match (pending, s.packing.payload(delta, dod)) {
+            (None, Some(payload)) => ValueCode::Packed { payload, m, delta },
             (pending, _) => {
-                let (p, u) = pending.unwrap_or_else(|| {
+                let (packing, payload) = pending.unwrap_or_else(|| {
                     let p = self.block.best();
-                    (
-                        p,
-                        p.payload(delta, dod)
-                            .expect("best packing covers the block"),
-                    )
+                    let u = p
+                        .payload(delta, dod)
+                        .expect("best packing covers the block");
+                    (p, u)
                 });
-                let code = (0b10 << 8)
-                    | (u64::from(p.dod) << 7)
-                    | (u64::from(p.signed) << 6)
-                    | u64::from(p.width);
-                self.bits.write(code, PACKING_CHANGE_BITS);
-                self.bits.write(u, u32::from(p.width));
-                s.packing = p;
                 self.pending = None;
+                ValueCode::Repacked {
+                    packing,
+                    payload,
+                    m,
+                    delta,
+                }
             }
-        }
-        s.scaled = m;
-        s.scaled_delta = delta;
+        };
         if self.block.samples == BLOCK {
-            self.end_block();
+            let after = match code {
+                ValueCode::Repacked { packing, .. } => packing,
+                _ => self.value.packing,
+            };
+            self.end_block(after);
         }
+        code
     }
 
     /// Plans a narrower packing when the last block shows it would pay for
     /// its change code within one block.
-    fn end_block(&mut self) {
+    fn end_block(&mut self, current: Packing) {
         let best = self.block.best();
-        let current = self.value.packing;
         let saved =
             u32::from(current.width).saturating_sub(u32::from(best.width)) * u32::from(BLOCK);
         self.pending = (saved > PACKING_CHANGE_BITS).then_some(best);
         self.block = BlockStats::default();
     }
 
-    /// Float mode codes: 0 same bits, 10 XOR in the current window, 110 XOR
-    /// with a new window, 111 back to decimals with a new scale.
-    fn push_float_mode(&mut self, v: f64) {
-        let s = &mut self.value;
+    fn plan_float(&self, v: f64) -> ValueCode {
         if let Some((scale, m)) = find_decimal(v) {
-            self.bits.write(0b111, 3);
-            write_scale_change(&mut self.bits, s, scale, m);
-            return;
+            return ValueCode::Rescaled { scale, m };
         }
+        let s = &self.value;
         let xor = v.to_bits() ^ s.prev_bits;
         if xor == 0 {
-            self.bits.write(0, 1);
-            return;
+            return ValueCode::FloatSame;
         }
-        let lead = xor.leading_zeros();
-        let trail = xor.trailing_zeros();
         let (w_lead, w_len) = (u32::from(s.xor_lead), u32::from(s.xor_len));
-        if lead >= w_lead && trail >= 64 - w_lead - w_len {
-            self.bits.write(0b10, 2);
-            self.bits.write(xor >> (64 - w_lead - w_len), w_len);
+        if xor.leading_zeros() >= w_lead && xor.trailing_zeros() >= 64 - w_lead - w_len {
+            ValueCode::FloatWindow { xor }
         } else {
-            self.bits.write(0b110, 3);
-            write_xor_window(&mut self.bits, s, xor);
+            ValueCode::FloatNewWindow { xor }
+        }
+    }
+
+    /// Writes a value code and applies it to the value state, exactly as the
+    /// decoder will.
+    fn emit(&mut self, code: ValueCode, v: f64) {
+        let (w, s) = (&mut self.bits, &mut self.value);
+        match code {
+            // Code 0 and the payload in one write: payload < 2^width.
+            ValueCode::Packed { payload, m, delta } => {
+                w.write(payload, u32::from(s.packing.width) + 1);
+                s.scaled = m;
+                s.scaled_delta = delta;
+            }
+            ValueCode::Repacked {
+                packing: p,
+                payload,
+                m,
+                delta,
+            } => {
+                let code = (0b10 << 8)
+                    | (u64::from(p.dod) << 7)
+                    | (u64::from(p.signed) << 6)
+                    | u64::from(p.width);
+                w.write(code, PACKING_CHANGE_BITS);
+                w.write(payload, u32::from(p.width));
+                s.packing = p;
+                s.scaled = m;
+                s.scaled_delta = delta;
+            }
+            ValueCode::Rescaled { scale, m } => {
+                // 110 in decimal mode, 111 in float mode.
+                w.write(if s.float_mode { 0b111 } else { 0b110 }, 3);
+                write_scale_change(w, s, scale, m);
+            }
+            ValueCode::RawOnce => {
+                w.write(0b1110, 4);
+                write_xor_full(w, s, v.to_bits());
+            }
+            ValueCode::ToFloat => {
+                w.write(0b1111, 4);
+                write_xor_full(w, s, v.to_bits());
+                s.float_mode = true;
+            }
+            ValueCode::FloatSame => w.write(0, 1),
+            ValueCode::FloatWindow { xor } => {
+                let (lead, len) = (u32::from(s.xor_lead), u32::from(s.xor_len));
+                w.write(0b10, 2);
+                w.write(xor >> (64 - lead - len), len);
+            }
+            ValueCode::FloatNewWindow { xor } => {
+                w.write(0b110, 3);
+                write_xor_window(w, s, xor);
+            }
         }
     }
 
@@ -780,18 +857,20 @@ pub fn decode(bytes: &[u8]) -> Result<ChunkIter<'_>> {
 }
 
 /// The most samples a body of `body_bits` can hold: the first sample takes at
-/// least 65 bits, and a run code of 14 bits stands for up to 255 samples.
+/// least 65 bits, a 15-bit run (sample code, run code, length) stands for up
+/// to 255 samples, and any other sample takes at least its 1-bit sample code.
 fn max_samples(body_bits: u64) -> u64 {
     match body_bits.checked_sub(65) {
         None => 0,
         Some(rest) => {
-            let run_bits = u64::from(RUN_CODE.1 + RUN_LEN_BITS);
-            1 + rest / run_bits * u64::from(RUN_MAX) + (rest % run_bits) / 2
+            let run_bits = u64::from(1 + RUN_CODE.1 + RUN_LEN_BITS);
+            1 + rest / run_bits * u64::from(RUN_MAX) + rest % run_bits
         }
     }
 }
 
-/// Decodes a whole chunk, appending its samples to `out`.
+/// Decodes a whole chunk, appending its samples to `out`. On an error, `out`
+/// keeps the samples decoded before it.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
     let iter = decode(bytes)?;
     out.reserve(iter.count as usize);
@@ -840,6 +919,11 @@ impl ChunkIter<'_> {
             (ts, self.value_sample()?)
         } else if self.run_left > 0 {
             self.repeat_sample()
+        } else if !self.reader.bit().ok_or_else(|| self.truncated())? {
+            // Sample code 0: dod 0 and value code 0, already consumed.
+            let ts = self.last_ts.wrapping_add(self.ts_delta);
+            let value = self.value_code_zero().ok_or_else(|| self.truncated())?;
+            (ts, value)
         } else {
             match read_ts_code(&mut self.reader).ok_or_else(|| self.truncated())? {
                 TsCode::Dod(dod) => {
@@ -883,6 +967,17 @@ impl ChunkIter<'_> {
             Some(Err(reason)) => Err(self.corrupted(reason)),
             None => Err(self.truncated()),
         }
+    }
+
+    /// The value whose code `0` was read: the current packing, or in float
+    /// mode the same bits again.
+    fn value_code_zero(&mut self) -> Option<f64> {
+        let s = &mut self.value;
+        if s.float_mode {
+            return Some(f64::from_bits(s.prev_bits));
+        }
+        let u = self.reader.read(u32::from(s.packing.width))?;
+        Some(apply_payload(s, u))
     }
 
     fn read_value(&mut self) -> Option<std::result::Result<f64, &'static str>> {

@@ -182,8 +182,8 @@ fn counters_pack_deltas_unsigned() {
             c as f64
         })
         .collect();
-    // 1 bit of timestamp, 1 bit of code, 7 bits of increment.
-    check(&regular(&values), 9.2);
+    // 1 bit of sample code, 7 bits of increment.
+    check(&regular(&values), 8.2);
 }
 
 #[test]
@@ -196,8 +196,8 @@ fn decimal_random_walk_packs_scaled_deltas() {
             cents as f64 / 100.0
         })
         .collect();
-    // 1 bit of timestamp, 1 bit of code, 10 bits of zigzag step.
-    check(&regular(&values), 12.2);
+    // 1 bit of sample code, 10 bits of zigzag step.
+    check(&regular(&values), 11.2);
 }
 
 #[test]
@@ -210,13 +210,14 @@ fn scale_drops_again_when_extra_digits_stop() {
         cents as f64 / 100.0
     }));
     // As the 2-decimal walk, not 3.3 bits more per value at scale 3.
-    check(&regular(&values), 12.4);
+    check(&regular(&values), 11.4);
 }
 
 #[test]
 fn linear_ramp_uses_delta_of_delta() {
-    let values: Vec<f64> = (0..1000).map(|i| 1000.0 + 12.5 * i as f64).collect();
-    check(&regular(&values), 2.5);
+    // One bit per sample: sample code 0 and a zero-width dod payload.
+    let values: Vec<f64> = (0..5000).map(|i| 1000.0 + 12.5 * i as f64).collect();
+    check(&regular(&values), 1.05);
 }
 
 #[test]
@@ -259,8 +260,8 @@ fn packing_narrows_again_after_a_burst() {
             c as f64
         })
         .collect();
-    // 1 bit of timestamp, 1 bit of code, 2 bits of increment, plus the burst.
-    check(&regular(&values), 4.4);
+    // 1 bit of sample code, 2 bits of increment, plus the burst.
+    check(&regular(&values), 3.4);
 }
 
 #[test]
@@ -331,7 +332,8 @@ fn bad_chunks_are_errors() {
     w.write(0, 64);
     w.write(0b110, 3);
     w.write(0, 5 + 6);
-    w.write(0, 1);
+    // Sample code 1, timestamp dod 0, then the scale change.
+    w.write(0b10, 2);
     w.write(0b110, 3);
     w.write(31, 5);
     w.write(0, 6);

@@ -222,8 +222,8 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
     let mut pos = 0;
     let mut sample_count = 0usize;
     for _ in 0..series_count {
-        let (_, used) = KeyRef::parse_prefix(&body[pos..])
-            .map_err(|_| malformed(HEADER_BYTES + pos, "bad series key"))?;
+        let used = crate::series::validate_prefix(&body[pos..])
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad series key"))?;
         pos += used;
         let (n, used) =
             get_varint(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;

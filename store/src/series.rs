@@ -148,10 +148,46 @@ pub fn key_len(bytes: &[u8]) -> Option<usize> {
     pos += 2 + len_at(pos)?;
     let tags = *bytes.get(pos)?;
     pos += 1;
-    for _ in 0..tags * 2 {
+    for _ in 0..usize::from(tags) * 2 {
         pos += 2 + len_at(pos)?;
     }
     (pos <= bytes.len()).then_some(pos)
+}
+
+/// Validates the key at the start of `bytes` as [`KeyRef::parse_prefix`]
+/// does and returns its length. The ingest path: an all-ASCII key (the
+/// common case) is checked with one pass over its bytes instead of a UTF-8
+/// check per string.
+pub fn validate_prefix(bytes: &[u8]) -> Option<usize> {
+    let len = key_len(bytes)?;
+    let key = &bytes[..len];
+    if !key.is_ascii() {
+        return KeyRef::parse_prefix(bytes).ok().map(|(_, n)| n);
+    }
+    let string = |pos: usize| -> Option<(&[u8], usize)> {
+        let n = u16::from_le_bytes([key[pos], key[pos + 1]]) as usize;
+        (n <= STRING_BYTES_MAX).then(|| (&key[pos + 2..pos + 2 + n], pos + 2 + n))
+    };
+    let (_, pos) = string(0)?;
+    let (_, pos) = string(pos)?;
+    let tags = key[pos] as usize;
+    if tags > TAGS_MAX {
+        return None;
+    }
+    let (mut pos, mut prev): (usize, Option<&[u8]>) = (pos + 1, None);
+    for _ in 0..tags {
+        let (name, next) = string(pos)?;
+        let (_, next) = string(next)?;
+        if name.is_empty() || name == METRIC_LABEL.as_bytes() || name == RESOURCE_LABEL.as_bytes() {
+            return None;
+        }
+        if prev.is_some_and(|p| p >= name) {
+            return None;
+        }
+        prev = Some(name);
+        pos = next;
+    }
+    Some(len)
 }
 
 impl<'a> KeyRef<'a> {
@@ -280,19 +316,17 @@ impl<'a> Reader<'a> {
     }
 
     fn str(&mut self) -> Result<&'a str> {
-        let len_bytes = self
-            .bytes
-            .get(self.pos..self.pos + 2)
-            .ok_or(Error::InvalidKey("truncated"))?;
+        let Some(len_bytes) = self.bytes.get(self.pos..self.pos + 2) else {
+            return Err(Error::InvalidKey("truncated"));
+        };
         let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
         if len > STRING_BYTES_MAX {
             return Err(Error::InvalidKey("string too long"));
         }
         let start = self.pos + 2;
-        let raw = self
-            .bytes
-            .get(start..start + len)
-            .ok_or(Error::InvalidKey("truncated"))?;
+        let Some(raw) = self.bytes.get(start..start + len) else {
+            return Err(Error::InvalidKey("truncated"));
+        };
         let s = std::str::from_utf8(raw).map_err(|_| Error::InvalidKey("not utf-8"))?;
         self.pos = start + len;
         Ok(s)
@@ -358,6 +392,25 @@ mod tests {
         let good = SeriesKey::new("r", "m", &[("a", "1")]).unwrap().to_bytes();
         for cut in 0..good.len() {
             assert!(KeyRef::parse(&good[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(validate_prefix(&unsorted), None);
+        assert_eq!(validate_prefix(&good), Some(good.len()));
+    }
+
+    #[test]
+    fn many_tags_in_garbage_do_not_overflow() {
+        // Found by batch::tests::mutated_batches_never_panic: 200 tags * 2
+        // overflowed a u8 in `key_len`.
+        assert_eq!(key_len(&[0, 0, 0, 0, 200]), None);
+        assert_eq!(validate_prefix(&[0, 0, 0, 0, 200]), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_validation_agrees_with_parsing(bytes in proptest::collection::vec(
+            proptest::prop_oneof![0u8..4, 0x5Fu8..0x62, proptest::prelude::any::<u8>()], 0..24)) {
+            let parsed = KeyRef::parse_prefix(&bytes).ok().map(|(_, n)| n);
+            proptest::prop_assert_eq!(validate_prefix(&bytes), parsed);
         }
     }
 }

@@ -174,6 +174,10 @@ enum Op {
     Write(Write),
     Seal,
     Reopen,
+    /// Truncate after this fraction (per mille) of the log.
+    Truncate(u64),
+    /// Full copy into a fresh store, which must answer the same.
+    Copy,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -183,7 +187,13 @@ fn arb_op() -> impl Strategy<Value = Op> {
         any::<f64>(),
     ];
     let write = proptest::collection::vec((0usize..4, 0i64..60, value), 1..12).prop_map(Op::Write);
-    prop_oneof![6 => write, 1 => Just(Op::Seal), 1 => Just(Op::Reopen)]
+    prop_oneof![
+        8 => write,
+        1 => Just(Op::Seal),
+        1 => Just(Op::Reopen),
+        1 => (0u64..1000).prop_map(Op::Truncate),
+        1 => Just(Op::Copy),
+    ]
 }
 
 fn run(ops: &[Op]) {
@@ -191,15 +201,38 @@ fn run(ops: &[Op]) {
     let mut store = open(&backend);
     store.create_partition(P).unwrap();
     let mut model = Model::default();
+    let mut log: Vec<Write> = Vec::new();
     for op in ops {
         match op {
             Op::Write(w) => {
-                store
-                    .partition(P)
-                    .unwrap()
-                    .append(Term(1), &encode(w))
-                    .unwrap();
+                let p = store.partition(P).unwrap();
+                p.append(Term(1), &encode(w)).unwrap();
                 model.apply(w);
+                log.push(w.clone());
+            }
+            Op::Truncate(per_mille) => {
+                let p = store.partition(P).unwrap();
+                let keep = log.len() as u64 * per_mille / 1000;
+                let covered = p.stats().covered_lsn.0;
+                match p.truncate_after(Lsn(keep)) {
+                    Err(Error::NeedsFullCopy { .. }) => assert!(keep < covered),
+                    Err(e) => panic!("truncate_after({keep}): {e}"),
+                    Ok(()) => {
+                        assert!(keep >= covered);
+                        log.truncate(keep as usize);
+                        model = Model::default();
+                        log.iter().for_each(|w| model.apply(w));
+                    }
+                }
+            }
+            Op::Copy => {
+                let (lsn, term, batches) = store.partition(P).unwrap().snapshot().unwrap();
+                let other = open(&Arc::new(MemBackend::new()));
+                let copy = other.install_snapshot(P, lsn, term, &batches).unwrap();
+                assert_eq!(copy.digest(), store.partition(P).unwrap().digest());
+                let mut fresh = model.clone();
+                fresh.rejected = 0; // counters are not part of a copy
+                check_all(&other, &fresh);
             }
             Op::Seal => {
                 store.partition(P).unwrap().seal().unwrap();
@@ -216,7 +249,7 @@ fn run(ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(arb_op(), 1..16)) {
         run(&ops);

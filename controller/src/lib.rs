@@ -78,11 +78,18 @@
 //! primaries back.
 //!
 //! **Bootstrap.** Nodes register one by one and stay Joining until the
-//! registered nodes span at least R hosts. Then every partition is placed at
+//! registered nodes span at least R hosts ([`Status::waiting`] says so:
+//! a cluster with fewer hosts than R is refused with a clear error rather
+//! than placed without anti-affinity; R is 1 to 5). Then every partition is placed at
 //! once; partitions are empty, so nobody has anything to catch up and the
 //! nodes go Joining -> Recovering -> Active in that same step. A node that
 //! registers later is an Add: a balancing rebalance gives it about its ideal
 //! share of copies as learners, and it is Recovering until they caught up.
+//!
+//! **Restarts.** A node that re-registers while the map still has it live
+//! (a restart shorter than `down_after_ms`) only updates its addresses: no
+//! write was acknowledged without it, since its primary waited for it. One
+//! that re-registers while Down comes back as by [`Event::Up`].
 //!
 //! **Operator events.** [`Event::Remove`]: the node is Removed at once (it
 //! no longer counts as a copy; a primary on it fails over) and its copies are
@@ -90,8 +97,8 @@
 //! copy on it move; refused with [`Error::NotEnoughHosts`] when the rest
 //! spans fewer than R hosts. [`Event::Drain`]: the node leads nothing while
 //! another Active copy can; partitions it cannot hand over are reported in
-//! [`Action::DrainBlocked`]; a drain lasts until the node re-registers or
-//! comes back from Down. [`safe_to_stop`] lists partitions whose only Active
+//! [`Action::DrainBlocked`]; a drain lasts until [`Event::Undrain`], or
+//! until the node re-registers or comes back from Down. [`safe_to_stop`] lists partitions whose only Active
 //! copy a node holds.
 //!
 //! **The data path never waits for the controller.** Nodes keep serving with

@@ -27,6 +27,8 @@ pub enum Event {
     Remove { node: NodeId },
     /// Operator: move every primary off the node.
     Drain { node: NodeId },
+    /// Operator: end a drain; the node gets its share of primaries back.
+    Undrain { node: NodeId },
     /// `--rebuild-after` expired for a Down node: re-replicate its copies.
     Rebuild { node: NodeId },
 }
@@ -120,6 +122,11 @@ fn apply(map: &mut ClusterMap, event: Event, now: u64) -> Result<()> {
         Event::Drain { node } => {
             live_node(map, node)?;
             map.node_mut(node).expect("checked").drained = true;
+            Ok(())
+        }
+        Event::Undrain { node } => {
+            live_node(map, node)?;
+            map.node_mut(node).expect("checked").drained = false;
             Ok(())
         }
         Event::Rebuild { node } => rebuild(map, node),

@@ -185,6 +185,11 @@ impl ClusterMap {
         })
     }
 
+    /// The partition of `resource` in this cluster ([`crate::partition_of`]).
+    pub fn partition_for(&self, resource: &[u8]) -> PartitionId {
+        crate::ids::partition_of(resource, self.partitions)
+    }
+
     /// Whether placement has happened (enough hosts have registered).
     pub fn is_formed(&self) -> bool {
         !self.table.is_empty()

@@ -212,3 +212,24 @@ proptest! {
         let _ = ClusterMap::from_wire(&bytes);
     }
 }
+
+#[test]
+fn a_restarted_controller_gives_every_node_a_full_down_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("map.json");
+    let mut c = Controller::open(config(), &path).unwrap();
+    reg(&mut c, 1, "a", 0);
+    reg(&mut c, 2, "b", 0);
+    drop(c);
+    // Restarted much later: its liveness tracker is empty.
+    let mut c = Controller::open(config(), &path).unwrap();
+    assert!(c.tick(50_000).unwrap().is_empty());
+    beat(&mut c, 1, 52_000);
+    assert!(c.tick(52_999).unwrap().is_empty());
+    let actions = c.tick(53_000).unwrap();
+    assert!(actions.contains(&Action::NodeState {
+        node: NodeId(2),
+        state: NodeState::Down
+    }));
+    assert_eq!(c.map().state_of(NodeId(1)), Some(NodeState::Active));
+}

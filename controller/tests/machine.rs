@@ -16,6 +16,7 @@ enum Op {
     CatchUp(u32),
     Remove(u32),
     Drain(u32),
+    Undrain(u32),
     Rebuild(u32),
 }
 
@@ -28,6 +29,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => id.clone().prop_map(Op::CatchUp),
         1 => id.clone().prop_map(Op::Remove),
         1 => id.clone().prop_map(Op::Drain),
+        1 => id.clone().prop_map(Op::Undrain),
         1 => id.prop_map(Op::Rebuild),
     ]
 }
@@ -201,6 +203,7 @@ fn run(replicas: u32, ops: &[Op]) -> Result<(), String> {
             },
             Op::Remove(id) => Event::Remove { node: NodeId(id) },
             Op::Drain(id) => Event::Drain { node: NodeId(id) },
+            Op::Undrain(id) => Event::Undrain { node: NodeId(id) },
             Op::Rebuild(id) => Event::Rebuild { node: NodeId(id) },
         };
         let Ok((next, _actions)) = step(&map, event.clone(), now) else {
@@ -230,4 +233,30 @@ proptest! {
             prop_assert!(false, "{}", e);
         }
     }
+}
+
+/// Found by the proptest: a learner on the host of a departing copy was
+/// paired with another copy, and its switch put two copies on one host.
+#[test]
+fn frozen_learner_must_replace_the_copy_on_its_host() {
+    use Op::*;
+    let ops = [
+        Register(2),
+        Register(0),
+        Register(5),
+        Register(4),
+        Down(0),
+        Register(0),
+        Register(1),
+        CatchUp(4),
+    ];
+    run(3, &ops).unwrap();
+}
+
+/// Found by the proptest: a Down learner's catch-up report was trusted, so
+/// it switched in without the writes acknowledged while it was away.
+#[test]
+fn frozen_down_learner_must_catch_up_again() {
+    use Op::*;
+    run(1, &[Register(0), Register(6), Down(6), CatchUp(6), Up(6)]).unwrap();
 }

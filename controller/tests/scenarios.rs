@@ -35,6 +35,7 @@ fn run(replicas: u32, script: &str) -> (ClusterMap, String) {
             },
             "remove" => Event::Remove { node },
             "drain" => Event::Drain { node },
+            "undrain" => Event::Undrain { node },
             "rebuild" => Event::Rebuild { node },
             other => panic!("unknown command {other}"),
         };
@@ -184,6 +185,15 @@ fn drain_moves_primaries_to_active_secondaries() {
         2,
         "reg 1 a\nreg 2 b\ndown 2\ndrain 1",
         "e4 | 1:Active 2:Down | 1,2*@1 1,2*@2 1,2*@2 1,2*@1\nblocked 1 [PartitionId(0), PartitionId(1), PartitionId(2), PartitionId(3)] publish",
+    );
+}
+
+#[test]
+fn undrain_gives_primaries_back() {
+    check(
+        2,
+        "reg 1 a\nreg 2 b\ndrain 1\nundrain 1",
+        "e4 | 1:Active 2:Active | 1,2@3 1,2@2 2,1@1 2,1@2\np0->1@3 p1->1@2 publish",
     );
 }
 

@@ -49,6 +49,16 @@ struct Sim {
     nodes: Vec<SimNode>,
     primaries: BTreeMap<(u32, Term), NodeId>,
     terms: Vec<Term>,
+    coverage: Coverage,
+}
+
+/// What the run exercised, so that a quiet generator cannot pass unnoticed.
+#[derive(Default, Clone, Copy)]
+struct Coverage {
+    rebuilds: bool,
+    removals: bool,
+    failovers: bool,
+    drains: bool,
 }
 
 impl Sim {
@@ -67,6 +77,7 @@ impl Sim {
             nodes: Vec::new(),
             primaries: BTreeMap::new(),
             terms: Vec::new(),
+            coverage: Coverage::default(),
         }
     }
 
@@ -164,6 +175,11 @@ impl Sim {
     fn check(&mut self) -> Result<(), String> {
         let map = self.controller.map();
         map.check_invariants().map_err(|e| e.to_string())?;
+        let cov = &mut self.coverage;
+        cov.rebuilds |= map.nodes.iter().any(|n| n.evicted);
+        cov.removals |= map.nodes.iter().any(|n| n.state == NodeState::Removed);
+        cov.drains |= map.nodes.iter().any(|n| n.drained);
+        cov.failovers |= map.table.iter().any(|i| i.term > Term(2));
         self.terms.resize(map.table.len(), Term(0));
         for (p, info) in map.table.iter().enumerate() {
             if info.term < self.terms[p] {
@@ -207,7 +223,7 @@ impl Sim {
     }
 }
 
-fn run(seed: u64) -> Result<(), String> {
+fn run(seed: u64) -> Result<Coverage, String> {
     let mut sim = Sim::new(seed);
     for step in 0..STEPS {
         sim.disturb()
@@ -232,7 +248,7 @@ fn run(seed: u64) -> Result<(), String> {
         .map(|c| c.host.clone())
         .collect::<std::collections::BTreeSet<_>>();
     if hosts.len() < map.replicas as usize {
-        return Ok(()); // never formed, or formed and lost hosts by removal refusal rules
+        return Ok(sim.coverage); // never formed, or formed and lost hosts by removal refusal rules
     }
     if let Some(n) = map
         .nodes
@@ -250,7 +266,7 @@ fn run(seed: u64) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(sim.coverage)
 }
 
 #[test]
@@ -261,9 +277,22 @@ fn seeded_simulations_keep_the_invariants_and_converge() {
         Ok(s) => vec![s.parse().expect("TANDEM_SIM_SEED is a number")],
         Err(_) => (0..count).collect(),
     };
+    let mut seen = Coverage::default();
     for seed in seeds {
-        if let Err(e) = run(seed) {
-            panic!("simulation failed, replay with TANDEM_SIM_SEED={seed}: {e}");
+        match run(seed) {
+            Ok(c) => {
+                seen.rebuilds |= c.rebuilds;
+                seen.removals |= c.removals;
+                seen.failovers |= c.failovers;
+                seen.drains |= c.drains;
+            }
+            Err(e) => panic!("simulation failed, replay with TANDEM_SIM_SEED={seed}: {e}"),
         }
+    }
+    if std::env::var("TANDEM_SIM_SEED").is_err() {
+        assert!(
+            seen.rebuilds && seen.removals && seen.failovers && seen.drains,
+            "the seeds did not exercise every event kind"
+        );
     }
 }

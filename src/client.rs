@@ -81,8 +81,8 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         reply.controller.id, reply.controller.addr, s.epoch.0
     );
     println!(
-        "{:<5} {:<8} {:<11} {:>9} {:>11} {:>11}  {}",
-        "NODE", "HOST", "STATE", "PRIMARIES", "SECONDARIES", "CATCHING-UP", "ADDRESS"
+        "{:<5} {:<8} {:<11} {:>9} {:>11} {:>11}  ADDRESS",
+        "NODE", "HOST", "STATE", "PRIMARIES", "SECONDARIES", "CATCHING-UP"
     );
     for n in &s.nodes {
         let state = if n.drained {

@@ -300,7 +300,10 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000_000;
 
-    fn check(line: &str, expected: Result<(&str, &str, &[(&str, &str)], i64, f64), LineError>) {
+    /// `(resource, metric, tags, timestamp_ms, value)`.
+    type Expected<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], i64, f64);
+
+    fn check(line: &str, expected: Result<Expected<'_>, LineError>) {
         let got = parse_line(line.as_bytes(), &GraphiteConfig::default(), NOW);
         match (got, expected) {
             (Ok(l), Ok((resource, metric, tags, ts, value))) => {

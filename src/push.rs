@@ -171,7 +171,7 @@ fn now_ms() -> i64 {
 
 /// Batches to send: synthetic or from Graphite lines.
 enum Input {
-    Synthetic(Synthetic),
+    Synthetic(Box<Synthetic>),
     Lines(Box<dyn BufRead + Send>, GraphiteConfig),
 }
 
@@ -257,7 +257,7 @@ pub fn run(args: PushArgs) -> anyhow::Result<i32> {
         bail!("--batch and --connections must be at least 1");
     }
     let input = match &args.file {
-        None => Input::Synthetic(Synthetic::new(&args)),
+        None => Input::Synthetic(Box::new(Synthetic::new(&args))),
         Some(path) if path.as_os_str() == "-" => Input::Lines(
             Box::new(BufReader::new(std::io::stdin())),
             GraphiteConfig::default(),

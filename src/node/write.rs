@@ -30,8 +30,11 @@ pub fn handle_write(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
     })
 }
 
+/// A batch per partition, and the sample count.
+pub type Split = (Vec<(u32, Vec<u8>)>, usize);
+
 /// Splits a batch into one batch per partition (shard key: the resource).
-pub fn split(batch: &[u8], partitions: u32) -> WriteResult<(Vec<(u32, Vec<u8>)>, usize)> {
+pub fn split(batch: &[u8], partitions: u32) -> WriteResult<Split> {
     let view = store::batch::decode(batch)
         .map_err(|e| (ErrorCode::BadRequest, format!("malformed batch: {e}")))?;
     let groups = store::batch::split(&view, |key| {

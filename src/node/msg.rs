@@ -412,6 +412,6 @@ mod tests {
             assert!(CatchUpReply::decode(&reply[..cut]).is_err(), "cut at {cut}");
         }
         assert!(Replicate::decode(&[1, 2, 3]).is_err());
-        assert!(SnapshotReply::decode(&[0; 20]).is_err());
+        assert!(SnapshotReply::decode(&[0; 19]).is_err());
     }
 }

@@ -1,13 +1,13 @@
 //! `Status`: the summary `tandem status` prints, computed from the map (and lag reports).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::{Epoch, NodeId, PartitionId, Term};
 use crate::liveness::Liveness;
 use crate::map::{ClusterMap, NodeState, PartitionState};
 
 /// One node's line in `tandem status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub id: NodeId,
     pub host: String,
@@ -27,7 +27,7 @@ pub struct NodeStatus {
 }
 
 /// Partition counts by state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionCounts {
     pub total: u32,
     pub healthy: u32,
@@ -37,7 +37,7 @@ pub struct PartitionCounts {
 }
 
 /// One row of `tandem status --partitions`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionRow {
     pub id: PartitionId,
     pub replicas: Vec<NodeId>,
@@ -47,7 +47,7 @@ pub struct PartitionRow {
 }
 
 /// The cluster summary.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub epoch: Epoch,
     pub replicas: u32,

@@ -1,0 +1,151 @@
+//! The ingest hot path on one thread: parse Graphite lines, route each sample to its partition, append to the store and the fsdb log.
+//!
+//! 100 k series (10 k resources x 10 metrics), one sample per series per
+//! round; every iteration is one round with new timestamps. Beside it, the
+//! reference the issue names: a minimal loop that parses, looks each series
+//! up in a hash map and appends to a `Vec`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use controller::partition_of;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use store::batch::BatchBuilder;
+use store::{PartitionId, Store, StoreConfig, Term};
+use tandem::graphite::{parse_line, GraphiteConfig};
+
+const RESOURCES: usize = 10_000;
+const METRICS: usize = 10;
+const SERIES: usize = RESOURCES * METRICS;
+const PARTITIONS: u32 = 128;
+
+/// One round of Graphite lines: every series once, at `ts_s`.
+fn round(ts_s: i64, walk: &mut [f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SERIES * 40);
+    for r in 0..RESOURCES {
+        for m in 0..METRICS {
+            let i = r * METRICS + m;
+            walk[i] += ((i as i64 * 7 + ts_s) % 11 - 5) as f64 / 100.0;
+            out.extend_from_slice(
+                format!("dc1.vm{r}.metric{m} {:.2} {ts_s}\n", walk[i]).as_bytes(),
+            );
+        }
+    }
+    out
+}
+
+/// The hot path: parse, route, append (log + memory).
+fn ingest(
+    text: &[u8],
+    store: &Store,
+    builders: &mut [BatchBuilder],
+    buf: &mut Vec<u8>,
+    config: &GraphiteConfig,
+) -> usize {
+    let mut n = 0;
+    for line in text.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let l = parse_line(line, config, 0).expect("valid line");
+        let p = partition_of(l.resource.as_bytes(), PARTITIONS).0;
+        builders[p as usize]
+            .push(l.resource, l.metric, &[], l.timestamp_ms, l.value)
+            .expect("valid key");
+        n += 1;
+    }
+    for (p, b) in builders.iter_mut().enumerate() {
+        if b.is_empty() {
+            continue;
+        }
+        buf.clear();
+        b.encode(buf);
+        b.clear();
+        let part = store.partition(PartitionId(p as u32)).expect("created");
+        part.append(Term(1), buf).expect("append");
+    }
+    n
+}
+
+/// The issue's reference: parse, look the series up in a hash map, append to a Vec.
+fn minimal_loop(
+    text: &[u8],
+    series: &mut HashMap<Vec<u8>, Vec<(i64, f64)>>,
+    config: &GraphiteConfig,
+) -> usize {
+    let mut n = 0;
+    for line in text.split(|&b| b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let l = parse_line(line, config, 0).expect("valid line");
+        let key = &line[..line.iter().position(|&b| b == b' ').expect("has fields")];
+        match series.get_mut(key) {
+            Some(v) => v.push((l.timestamp_ms, l.value)),
+            None => {
+                series.insert(key.to_vec(), vec![(l.timestamp_ms, l.value)]);
+            }
+        }
+        n += 1;
+    }
+    n
+}
+
+fn bench(c: &mut Criterion) {
+    let config = GraphiteConfig::default();
+    let mut group = c.benchmark_group("ingest_100k_series");
+    group.throughput(Throughput::Elements(SERIES as u64));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(StoreConfig::new(dir.path().join("store"))).expect("open store");
+    for p in 0..PARTITIONS {
+        store
+            .create_partition(PartitionId(p))
+            .expect("create partition");
+    }
+    let mut builders: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
+    let mut buf = Vec::new();
+    let mut walk = vec![50.0; SERIES];
+    let mut ts = 1_700_000_000i64;
+    group.bench_function("parse_route_append_log", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                ts += 10;
+                let text = round(ts, &mut walk);
+                let started = Instant::now();
+                let n = ingest(&text, &store, &mut builders, &mut buf, &config);
+                total += started.elapsed();
+                assert_eq!(n, SERIES);
+            }
+            total
+        })
+    });
+
+    let mut series = HashMap::new();
+    let mut ts = 1_700_000_000i64;
+    let mut walk = vec![50.0; SERIES];
+    group.bench_function("reference_minimal_loop", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                ts += 10;
+                let text = round(ts, &mut walk);
+                let started = Instant::now();
+                let n = minimal_loop(&text, &mut series, &config);
+                total += started.elapsed();
+                assert_eq!(n, SERIES);
+            }
+            total
+        })
+    });
+    group.finish();
+    let mem = store.memory_stats();
+    eprintln!("store after the run: {mem:?}");
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

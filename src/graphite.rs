@@ -1,0 +1,413 @@
+//! Graphite plaintext protocol: splitting a TCP byte stream into lines and parsing `path value timestamp`.
+//!
+//! Sans-IO: the listener feeds bytes in and gets samples or counted errors out.
+//! A bad line never poisons its neighbours: every line is parsed on its own.
+
+use std::fmt;
+
+/// Settings of the Graphite parser.
+#[derive(Clone, Debug)]
+pub struct GraphiteConfig {
+    /// How many leading path components name the resource.
+    pub resource_depth: usize,
+    /// Longest accepted line, in bytes, without its line end.
+    pub line_bytes_max: usize,
+}
+
+impl Default for GraphiteConfig {
+    fn default() -> Self {
+        GraphiteConfig {
+            resource_depth: 2,
+            line_bytes_max: 16 * 1024,
+        }
+    }
+}
+
+/// One parsed line. Borrowed from the input: no allocation on the hot path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Line<'a> {
+    pub resource: &'a str,
+    pub metric: &'a str,
+    /// Tags other than `resource`, in input order.
+    pub tags: Vec<(&'a str, &'a str)>,
+    pub timestamp_ms: i64,
+    pub value: f64,
+}
+
+/// Why a line was rejected. Each variant is counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineError {
+    TooLong,
+    NotUtf8,
+    MissingValue,
+    BadValue,
+    BadTimestamp,
+    BadTag,
+    NoResource,
+    TooManyFields,
+}
+
+impl LineError {
+    pub const ALL: [LineError; 8] = [
+        LineError::TooLong,
+        LineError::NotUtf8,
+        LineError::MissingValue,
+        LineError::BadValue,
+        LineError::BadTimestamp,
+        LineError::BadTag,
+        LineError::NoResource,
+        LineError::TooManyFields,
+    ];
+
+    /// A short stable name, used as a metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            LineError::TooLong => "too_long",
+            LineError::NotUtf8 => "not_utf8",
+            LineError::MissingValue => "missing_value",
+            LineError::BadValue => "bad_value",
+            LineError::BadTimestamp => "bad_timestamp",
+            LineError::BadTag => "bad_tag",
+            LineError::NoResource => "no_resource",
+            LineError::TooManyFields => "too_many_fields",
+        }
+    }
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = match self {
+            LineError::TooLong => "line longer than the limit",
+            LineError::NotUtf8 => "line is not UTF-8",
+            LineError::MissingValue => "missing value: expected `path value [timestamp]`",
+            LineError::BadValue => "value is not a number",
+            LineError::BadTimestamp => "timestamp is not a number of seconds",
+            LineError::BadTag => "tag is not `name=value`",
+            LineError::NoResource => "path has one component and no `;resource=` tag",
+            LineError::TooManyFields => "more than three fields",
+        };
+        f.write_str(text)
+    }
+}
+
+/// Parses one line (without its line end). `now_ms` is used when the
+/// timestamp is missing or negative, as Graphite's carbon does.
+pub fn parse_line<'a>(
+    line: &'a [u8],
+    config: &GraphiteConfig,
+    now_ms: i64,
+) -> Result<Line<'a>, LineError> {
+    if line.len() > config.line_bytes_max {
+        return Err(LineError::TooLong);
+    }
+    let line = std::str::from_utf8(line).map_err(|_| LineError::NotUtf8)?;
+    let mut fields = line.split_ascii_whitespace();
+    let path = fields.next().ok_or(LineError::MissingValue)?;
+    let value = parse_value(fields.next().ok_or(LineError::MissingValue)?)?;
+    let timestamp_ms = match fields.next() {
+        None => now_ms,
+        Some(ts) => parse_timestamp(ts)?.unwrap_or(now_ms),
+    };
+    if fields.next().is_some() {
+        return Err(LineError::TooManyFields);
+    }
+    let (name, tag_text) = match path.split_once(';') {
+        Some((name, tags)) => (name, Some(tags)),
+        None => (path, None),
+    };
+    let mut resource_tag = None;
+    let mut tags = Vec::new();
+    if let Some(tag_text) = tag_text {
+        for tag in tag_text.split(';') {
+            let (k, v) = tag.split_once('=').ok_or(LineError::BadTag)?;
+            if k.is_empty() || v.is_empty() {
+                return Err(LineError::BadTag);
+            }
+            if k == "resource" {
+                resource_tag = Some(v);
+            } else {
+                tags.push((k, v));
+            }
+        }
+    }
+    let (resource, metric) = match resource_tag {
+        Some(resource) => (resource, name),
+        None => split_path(name, config.resource_depth)?,
+    };
+    if metric.is_empty() || resource.is_empty() {
+        return Err(LineError::NoResource);
+    }
+    Ok(Line {
+        resource,
+        metric,
+        tags,
+        timestamp_ms,
+        value,
+    })
+}
+
+/// `collectd.web01.load.shortterm` at depth 2 is resource `collectd.web01`,
+/// metric `load.shortterm`. A path with `depth` components or fewer keeps its
+/// last component as the metric and the rest as the resource.
+fn split_path(path: &str, depth: usize) -> Result<(&str, &str), LineError> {
+    let mut cut = None;
+    let mut dots = 0;
+    for (i, b) in path.bytes().enumerate() {
+        if b == b'.' {
+            dots += 1;
+            if dots == depth {
+                cut = Some(i);
+                break;
+            }
+        }
+    }
+    let cut = cut
+        .or_else(|| path.rfind('.'))
+        .ok_or(LineError::NoResource)?;
+    Ok((&path[..cut], &path[cut + 1..]))
+}
+
+fn parse_value(text: &str) -> Result<f64, LineError> {
+    // Rust's parser takes "NaN", "inf", "infinity" in any case, and nothing
+    // else that is not a number.
+    text.parse::<f64>().map_err(|_| LineError::BadValue)
+}
+
+/// Seconds since the epoch, integer or decimal. `Ok(None)` for the negative
+/// values (`-1`) that senders use to mean "now".
+fn parse_timestamp(text: &str) -> Result<Option<i64>, LineError> {
+    if let Ok(secs) = text.parse::<i64>() {
+        if secs < 0 {
+            return Ok(None);
+        }
+        return secs
+            .checked_mul(1000)
+            .map(Some)
+            .ok_or(LineError::BadTimestamp);
+    }
+    let secs: f64 = text.parse().map_err(|_| LineError::BadTimestamp)?;
+    if !secs.is_finite() {
+        return Err(LineError::BadTimestamp);
+    }
+    if secs < 0.0 {
+        return Ok(None);
+    }
+    let ms = (secs * 1000.0).round();
+    if ms >= i64::MAX as f64 {
+        return Err(LineError::BadTimestamp);
+    }
+    Ok(Some(ms as i64))
+}
+
+/// Splits a byte stream into lines across reads. A line longer than the
+/// limit is skipped up to its line end and reported once as too long; a half
+/// line at close is reported by [`LineSplitter::finish`].
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    pending: Vec<u8>,
+    skipping: bool,
+}
+
+/// What the splitter found: a whole line, or one line dropped for length.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Line(&'a [u8]),
+    TooLong,
+    /// A blank line: not an error, but counted.
+    Empty,
+}
+
+impl LineSplitter {
+    /// Feeds `input` and calls `on_piece` for every complete line (line end
+    /// `\n` or `\r\n` removed).
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        line_bytes_max: usize,
+        mut on_piece: impl FnMut(Piece<'_>),
+    ) {
+        while !input.is_empty() {
+            let Some(nl) = memchr(b'\n', input) else {
+                self.hold(input, line_bytes_max, &mut on_piece);
+                return;
+            };
+            let (head, rest) = (&input[..nl], &input[nl + 1..]);
+            input = rest;
+            if self.skipping {
+                self.skipping = false;
+                continue;
+            }
+            if self.pending.is_empty() {
+                emit(head, line_bytes_max, &mut on_piece);
+            } else {
+                self.pending.extend_from_slice(head);
+                let line = std::mem::take(&mut self.pending);
+                emit(&line, line_bytes_max, &mut on_piece);
+                self.pending = line;
+                self.pending.clear();
+            }
+        }
+    }
+
+    fn hold(&mut self, tail: &[u8], line_bytes_max: usize, on_piece: &mut impl FnMut(Piece<'_>)) {
+        if self.skipping {
+            return;
+        }
+        // +1 leaves room for the `\r` of a line exactly at the limit.
+        if self.pending.len() + tail.len() > line_bytes_max + 1 {
+            self.pending.clear();
+            self.skipping = true;
+            on_piece(Piece::TooLong);
+        } else {
+            self.pending.extend_from_slice(tail);
+        }
+    }
+
+    /// The connection closed: a half line left over is returned so that the
+    /// caller counts it (it may be a complete sample whose `\n` was lost).
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        self.skipping = false;
+        let rest = std::mem::take(&mut self.pending);
+        let trimmed = trim_line_end(&rest);
+        (!trimmed.is_empty()).then(|| trimmed.to_vec())
+    }
+}
+
+fn emit(line: &[u8], line_bytes_max: usize, on_piece: &mut impl FnMut(Piece<'_>)) {
+    let line = trim_line_end(line);
+    if line.iter().all(u8::is_ascii_whitespace) {
+        on_piece(Piece::Empty);
+        return;
+    }
+    if line.len() > line_bytes_max {
+        on_piece(Piece::TooLong);
+    } else {
+        on_piece(Piece::Line(line));
+    }
+}
+
+fn trim_line_end(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    /// `(resource, metric, tags, timestamp_ms, value)`.
+    type Expected<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], i64, f64);
+
+    fn check(line: &str, expected: Result<Expected<'_>, LineError>) {
+        let got = parse_line(line.as_bytes(), &GraphiteConfig::default(), NOW);
+        match (got, expected) {
+            (Ok(l), Ok((resource, metric, tags, ts, value))) => {
+                assert_eq!(
+                    (l.resource, l.metric, l.tags.as_slice(), l.timestamp_ms),
+                    (resource, metric, tags, ts),
+                    "{line}"
+                );
+                assert!(
+                    l.value.to_bits() == value.to_bits() || (l.value.is_nan() && value.is_nan()),
+                    "{line}: {}",
+                    l.value
+                );
+            }
+            (Err(e), Err(want)) => assert_eq!(e, want, "{line}"),
+            (got, want) => panic!("{line}: got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_lines() {
+        check(
+            "collectd.web01.load.shortterm 0.5 1700000000",
+            Ok(("collectd.web01", "load.shortterm", &[], NOW, 0.5)),
+        );
+        check(
+            "web01.load 2 1700000000",
+            Ok(("web01", "load", &[], NOW, 2.0)),
+        );
+        check(
+            "a.b.c 1 1700000000.25",
+            Ok(("a.b", "c", &[], NOW + 250, 1.0)),
+        );
+        check("a.b.c nan 1700000000", Ok(("a.b", "c", &[], NOW, f64::NAN)));
+        check("a.b.c NaN 1700000000", Ok(("a.b", "c", &[], NOW, f64::NAN)));
+        check(
+            "a.b.c -Inf 1700000000",
+            Ok(("a.b", "c", &[], NOW, f64::NEG_INFINITY)),
+        );
+        check("a.b.c 1e3", Ok(("a.b", "c", &[], NOW, 1000.0)));
+        check("a.b.c 1 -1", Ok(("a.b", "c", &[], NOW, 1.0)));
+        check("  a.b.c\t7   1700000000  ", Ok(("a.b", "c", &[], NOW, 7.0)));
+        check(
+            "cpu.usage;resource=vm1;dc=eu 3 1700000000",
+            Ok(("vm1", "cpu.usage", &[("dc", "eu")], NOW, 3.0)),
+        );
+        check(
+            "h.cpu;core=0 3 1700000000",
+            Ok(("h", "cpu", &[("core", "0")], NOW, 3.0)),
+        );
+        check("a.b.c", Err(LineError::MissingValue));
+        check("a.b.c abc 1700000000", Err(LineError::BadValue));
+        check("a.b.c 1 yesterday", Err(LineError::BadTimestamp));
+        check("a.b.c 1 1700000000 extra", Err(LineError::TooManyFields));
+        check("load 1 1700000000", Err(LineError::NoResource));
+        check("a.b;tag 1 1700000000", Err(LineError::BadTag));
+        check("a.b;=x 1 1700000000", Err(LineError::BadTag));
+        check("a.b.c 1 99999999999999999", Err(LineError::BadTimestamp));
+    }
+
+    #[test]
+    fn rejects_non_utf8_and_long_lines() {
+        let config = GraphiteConfig {
+            line_bytes_max: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            parse_line(b"a.b.c 1 \xff", &config, NOW),
+            Err(LineError::NotUtf8)
+        );
+        assert_eq!(
+            parse_line(b"a.b.c 1 1700000000", &config, NOW),
+            Err(LineError::TooLong)
+        );
+    }
+
+    fn split(chunks: &[&[u8]], max: usize) -> (Vec<String>, Option<Vec<u8>>) {
+        let mut s = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.feed(c, max, |p| match p {
+                Piece::Line(l) => out.push(String::from_utf8_lossy(l).into_owned()),
+                Piece::TooLong => out.push("<too long>".into()),
+                Piece::Empty => out.push("<empty>".into()),
+            });
+        }
+        (out, s.finish())
+    }
+
+    #[test]
+    fn splits_across_reads_with_crlf_and_limits() {
+        let (lines, rest) = split(&[b"a 1\r\nb ", b"2\n\n\r\nc", b" 3\nd"], 100);
+        assert_eq!(lines, ["a 1", "b 2", "<empty>", "<empty>", "c 3"]);
+        assert_eq!(rest.as_deref(), Some(&b"d"[..]));
+
+        let long = vec![b'x'; 50];
+        let (lines, rest) = split(&[b"ok 1\n", &long, &long, b"\nafter 2\n"], 20);
+        assert_eq!(lines, ["ok 1", "<too long>", "after 2"]);
+        assert_eq!(rest, None);
+
+        // A long line inside one read is reported too.
+        let mut input = long.clone();
+        input.extend_from_slice(b"\nnext 1\n");
+        let (lines, _) = split(&[&input], 20);
+        assert_eq!(lines, ["<too long>", "next 1"]);
+    }
+}

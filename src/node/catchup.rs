@@ -1,0 +1,365 @@
+//! Catch-up: one mechanism for a returning node, re-replication and rebalance.
+//!
+//! A replica the map marks stale (or a new replica, a learner) pulls the
+//! records it misses from the map's catch-up source, from its own last LSN
+//! on (incremental). Before that it cuts any suffix of its log that the
+//! source's term history says was never acknowledged (the term it ends in
+//! stopped earlier on the source), as Kafka does with leader epochs. Where
+//! the source's log no longer reaches back, it installs a full copy
+//! (snapshot). Progress goes to the controller in every heartbeat; the
+//! controller makes the node Active when all of its partitions caught up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller::{NodeId, PartitionId};
+use store::{Lsn, Term};
+use tokio::sync::broadcast;
+
+use super::msg::{CatchUpReply, CatchUpRequest, SnapshotReply, WireRecord};
+use super::Node;
+use crate::net::ClientError;
+use crate::proto::{ErrorCode, Kind};
+
+/// Bytes of log one catch-up request asks for.
+const CATCH_UP_BYTES: u32 = 4 << 20;
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What this node reports about catching up.
+#[derive(Debug, Default)]
+pub struct Progress {
+    caught_up: BTreeSet<u32>,
+    lagging: BTreeMap<u32, u64>,
+    /// Partitions whose files were corrupt at open: never served until refetched.
+    corrupted: BTreeSet<u32>,
+    /// Bytes of log records and snapshots received, for status and tests.
+    pub bytes_received: u64,
+    failures: u64,
+}
+
+impl Progress {
+    pub fn new(corrupted: BTreeSet<u32>) -> Progress {
+        Progress {
+            corrupted,
+            ..Progress::default()
+        }
+    }
+
+    pub fn report(&self) -> (Vec<PartitionId>, Vec<(PartitionId, u64)>) {
+        (
+            self.caught_up.iter().map(|&p| PartitionId(p)).collect(),
+            self.lagging
+                .iter()
+                .map(|(&p, &lag)| (PartitionId(p), lag))
+                .collect(),
+        )
+    }
+
+    pub fn is_corrupted(&self, p: u32) -> bool {
+        self.corrupted.contains(&p)
+    }
+}
+
+pub async fn run(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
+    loop {
+        let map = node.map();
+        let mut pending = 0;
+        for p in 0..map.partitions {
+            let pid = PartitionId(p);
+            let corrupted = node.catchup.lock().expect("poisoned").is_corrupted(p);
+            if !corrupted && !map.needs_catch_up(pid, node.id) {
+                let mut progress = node.catchup.lock().expect("poisoned");
+                progress.caught_up.remove(&p);
+                progress.lagging.remove(&p);
+                continue;
+            }
+            let source = map.catch_up_source(pid, node.id).or_else(|| {
+                // A corrupt local copy that the map counts as in sync: refetch from any other live replica.
+                map.active_replicas(pid).into_iter().find(|&n| n != node.id)
+            });
+            let Some(source) = source else { continue };
+            pending += 1;
+            match catch_up(&node, p, source, corrupted).await {
+                Ok(lag) => {
+                    let mut progress = node.catchup.lock().expect("poisoned");
+                    if corrupted {
+                        progress.corrupted.remove(&p);
+                    }
+                    if lag == 0 {
+                        progress.caught_up.insert(p);
+                        progress.lagging.remove(&p);
+                    } else {
+                        progress.caught_up.remove(&p);
+                        progress.lagging.insert(p, lag);
+                    }
+                }
+                Err(e) => {
+                    let mut progress = node.catchup.lock().expect("poisoned");
+                    progress.failures += 1;
+                    // A source that is down fails every pass: log a sample, not a flood.
+                    if progress.failures.is_power_of_two() {
+                        tracing::warn!(
+                            partition = p,
+                            source = source.0,
+                            failures = progress.failures,
+                            "catch-up failed: {e}"
+                        );
+                    }
+                }
+            }
+        }
+        let idle = if pending == 0 {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(50)
+        };
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = node.map_changed.notified() => {}
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
+/// Pulls what partition `p` misses from `source`; returns the remaining lag in LSNs.
+async fn catch_up(
+    node: &Arc<Node>,
+    p: u32,
+    source: NodeId,
+    full_copy: bool,
+) -> Result<u64, String> {
+    let client = node
+        .peer(source)
+        .ok_or_else(|| format!("node {source} is not in the map"))?;
+    if full_copy {
+        return install_snapshot(node, &client, p).await.map(|_| 0);
+    }
+    // Bounded: each round either applies records, truncates, or returns.
+    let mut lag = 1;
+    for _ in 0..64 {
+        let existing = node.store.partition(store::PartitionId(p));
+        let local_last = existing.as_ref().map_or(0, |part| part.last_lsn().0);
+        let local_term = existing.as_ref().map_or(0, |part| part.last_term().0);
+        let request = CatchUpRequest {
+            partition: p,
+            from_lsn: local_last + 1,
+            max_bytes: CATCH_UP_BYTES,
+            fence_term: 0,
+        };
+        let reply = match client
+            .request(Kind::CatchUp, &request.encode(), CATCH_UP_TIMEOUT)
+            .await
+        {
+            Ok(bytes) => CatchUpReply::decode(&bytes).map_err(|e| e.1)?,
+            Err(ClientError::Remote {
+                code: ErrorCode::TrimmedAway,
+                ..
+            }) => {
+                return install_snapshot(node, &client, p).await.map(|_| 0);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(keep) =
+            divergence_point(local_term, local_last, &reply.term_history, reply.last_lsn)
+        {
+            let part = node.partition(p).map_err(|e| e.1)?;
+            tracing::warn!(
+                partition = p,
+                from = keep + 1,
+                to = local_last,
+                "truncating a log suffix the current term never acknowledged"
+            );
+            if part.truncate_after(Lsn(keep)).is_err() {
+                // The suffix is already sealed into a chunk file: take a full copy.
+                return install_snapshot(node, &client, p).await.map(|_| 0);
+            }
+            continue;
+        }
+        if reply.records.is_empty() {
+            return Ok(reply.last_lsn.saturating_sub(local_last));
+        }
+        let part = node.partition(p).map_err(|e| e.1)?;
+        let received: u64 = reply.records.iter().map(|r| r.batch.len() as u64).sum();
+        node.catchup.lock().expect("poisoned").bytes_received += received;
+        let mut last = local_last;
+        for WireRecord { lsn, term, batch } in &reply.records {
+            if *lsn <= last {
+                continue;
+            }
+            part.apply_replicated(Lsn(*lsn), Term(*term), batch)
+                .map_err(|e| format!("partition {p}: {e}"))?;
+            last = *lsn;
+        }
+        lag = reply.last_lsn.saturating_sub(last);
+        if reply.records.is_empty() || lag == 0 {
+            return Ok(lag);
+        }
+    }
+    // Still behind after the bounded rounds (heavy writes): report the lag, go on next pass.
+    Ok(lag.max(1))
+}
+
+/// Where a local log that ends at `(local_term, local_last)` must be cut so
+/// that it is a prefix of the source's: `None` if it already is.
+///
+/// The source's history lists the first LSN of each of its terms. Our last
+/// record's term `t` ended on the source just before the first LSN of the
+/// source's next term after `t` (or at the source's last LSN if `t` is the
+/// source's current term). Records past that point were never acknowledged
+/// in the history that won.
+pub fn divergence_point(
+    local_term: u64,
+    local_last: u64,
+    source_history: &[(u64, u64)],
+    source_last: u64,
+) -> Option<u64> {
+    if local_last == 0 {
+        return None;
+    }
+    // The end of the last source term <= local_term.
+    let end = match source_history.iter().position(|&(t, _)| t > local_term) {
+        Some(i) => source_history[i].1.saturating_sub(1),
+        None => source_last,
+    };
+    // A local term the source never had started after `end` too.
+    (local_last > end).then_some(end)
+}
+
+async fn install_snapshot(
+    node: &Arc<Node>,
+    client: &crate::net::Client,
+    p: u32,
+) -> Result<(), String> {
+    let bytes = client
+        .request(Kind::Snapshot, &p.to_le_bytes(), CATCH_UP_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let snap = SnapshotReply::decode(&bytes).map_err(|e| e.1)?;
+    node.catchup.lock().expect("poisoned").bytes_received += bytes.len() as u64;
+    tracing::info!(partition = p, lsn = snap.lsn, "installing a full copy");
+    node.store
+        .install_snapshot(
+            store::PartitionId(p),
+            Lsn(snap.lsn),
+            Term(snap.term),
+            &snap.batches,
+        )
+        .map(|_| ())
+        .map_err(|e| format!("partition {p}: {e}"))
+}
+
+/// Source side: records from an LSN, with the term history. A partition
+/// this node has no files for was never written to: it is empty, not missing.
+pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let req = CatchUpRequest::decode(payload)?;
+    if req.fence_term > 0 {
+        node.fence(req.partition, req.fence_term);
+    }
+    if node
+        .catchup
+        .lock()
+        .expect("poisoned")
+        .is_corrupted(req.partition)
+    {
+        return Err((
+            ErrorCode::NotOwner,
+            format!(
+                "node {}'s copy of partition {} is being refetched",
+                node.id, req.partition
+            ),
+        ));
+    }
+    let Some(part) = node.store.partition(store::PartitionId(req.partition)) else {
+        return Ok(CatchUpReply {
+            last_lsn: 0,
+            term_history: Vec::new(),
+            records: Vec::new(),
+        }
+        .encode());
+    };
+    let last_lsn = part.last_lsn().0;
+    let records = if req.from_lsn > last_lsn {
+        Vec::new()
+    } else {
+        part.read_log(Lsn(req.from_lsn), req.max_bytes as usize)
+            .map_err(|e| match e {
+                store::Error::Fsdb(fsdb::Error::TrimmedAway { .. }) => (
+                    ErrorCode::TrimmedAway,
+                    format!("partition {}: {e}", req.partition),
+                ),
+                e => (
+                    ErrorCode::Internal,
+                    format!("partition {}: {e}", req.partition),
+                ),
+            })?
+    };
+    let reply = CatchUpReply {
+        last_lsn,
+        term_history: part
+            .term_history()
+            .into_iter()
+            .map(|(t, l)| (t.0, l.0))
+            .collect(),
+        records: records
+            .into_iter()
+            .map(|(lsn, term, batch)| WireRecord {
+                lsn: lsn.0,
+                term: term.0,
+                batch,
+            })
+            .collect(),
+    };
+    Ok(reply.encode())
+}
+
+pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let p = u32::from_le_bytes(payload.try_into().map_err(|_| {
+        (
+            ErrorCode::BadRequest,
+            "snapshot request is a u32 partition".to_string(),
+        )
+    })?);
+    let part = node.store.partition(store::PartitionId(p)).ok_or((
+        ErrorCode::NotOwner,
+        format!("node {} has no copy of partition {p}", node.id),
+    ))?;
+    let (lsn, term, batches) = part
+        .snapshot()
+        .map_err(|e| (ErrorCode::Internal, format!("partition {p}: {e}")))?;
+    Ok(SnapshotReply {
+        lsn: lsn.0,
+        term: term.0,
+        batches,
+    }
+    .encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::divergence_point;
+
+    #[test]
+    fn finds_the_divergent_suffix() {
+        let check =
+            |local_term, local_last, history: &[(u64, u64)], source_last, want: Option<u64>| {
+                assert_eq!(
+                    divergence_point(local_term, local_last, history, source_last),
+                    want,
+                    "{local_term}@{local_last} vs {history:?}..{source_last}"
+                );
+            };
+        // Same term, behind: nothing to cut.
+        check(1, 5, &[(1, 1)], 9, None);
+        // Ahead of the source in the same term (it never got our tail): cut to its end.
+        check(1, 9, &[(1, 1)], 5, Some(5));
+        // Old primary wrote 6..=8 in term 1, the source took over at 6 in term 2.
+        check(1, 8, &[(1, 1), (2, 6)], 12, Some(5));
+        // Our term 1 ended exactly where the source's term 2 began: in sync.
+        check(1, 5, &[(1, 1), (2, 6)], 12, None);
+        // A term the source never had (3, between its 2 and 4): cut at the end of its 2.
+        check(3, 20, &[(1, 1), (2, 6), (4, 15)], 30, Some(14));
+        // Empty local log: nothing to cut.
+        check(0, 0, &[(1, 1)], 3, None);
+    }
+}

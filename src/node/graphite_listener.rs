@@ -1,0 +1,139 @@
+//! The Graphite plaintext listener: lines in, grouped by partition, written through the gateway. No acknowledgements (the protocol has none).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use controller::partition_of;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, Semaphore};
+
+use super::Node;
+use crate::graphite::{parse_line, LineError, LineSplitter, Piece};
+
+const CONNECTIONS_MAX: usize = 1024;
+const READ_BYTES: usize = 256 * 1024;
+
+pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
+    let limit = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let permit = limit.clone().acquire_owned().await.expect("never closed");
+        let socket = tokio::select! {
+            _ = shutdown.recv() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("graphite accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            connection(socket, node).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(mut socket: TcpStream, node: Arc<Node>) {
+    let mut splitter = LineSplitter::default();
+    let mut buf = vec![0u8; READ_BYTES];
+    let mut groups = Groups::new(node.map().partitions);
+    loop {
+        let n = match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now_ms = now_ms();
+        let max = node.graphite.line_bytes_max;
+        splitter.feed(&buf[..n], max, |piece| match piece {
+            Piece::Line(line) => groups.add(&node, line, now_ms),
+            Piece::TooLong => {
+                node.metrics.add_graphite_lines(1);
+                node.metrics
+                    .add_bad_line(LineError::TooLong, b"<line over the length limit>");
+            }
+            Piece::Empty => node.metrics.add_empty_line(),
+        });
+        // Write what this read brought before reading more: back-pressure.
+        groups.flush(&node).await;
+    }
+    if let Some(rest) = splitter.finish() {
+        // A half line at close: it may be whole but for its line end.
+        node.metrics.add_unterminated_line();
+        groups.add(&node, &rest, now_ms());
+        groups.flush(&node).await;
+    }
+}
+
+/// One batch builder per partition touched since the last flush.
+struct Groups {
+    partitions: u32,
+    builders: std::collections::HashMap<u32, store::batch::BatchBuilder>,
+}
+
+impl Groups {
+    fn new(partitions: u32) -> Groups {
+        Groups {
+            partitions,
+            builders: Default::default(),
+        }
+    }
+
+    fn add(&mut self, node: &Node, line: &[u8], now_ms: i64) {
+        node.metrics.add_graphite_lines(1);
+        let parsed = match parse_line(line, &node.graphite, now_ms) {
+            Ok(l) => l,
+            Err(e) => return node.metrics.add_bad_line(e, line),
+        };
+        let mut tags = parsed.tags.clone();
+        tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        tags.dedup_by(|a, b| a.0 == b.0);
+        let p = partition_of(parsed.resource.as_bytes(), self.partitions).0;
+        let builder = self.builders.entry(p).or_default();
+        if builder
+            .push(
+                parsed.resource,
+                parsed.metric,
+                &tags,
+                parsed.timestamp_ms,
+                parsed.value,
+            )
+            .is_err()
+        {
+            node.metrics.add_bad_line(LineError::BadTag, line);
+        }
+    }
+
+    async fn flush(&mut self, node: &Arc<Node>) {
+        let mut groups = Vec::new();
+        let mut samples = 0;
+        for (p, b) in self.builders.iter_mut() {
+            if b.is_empty() {
+                continue;
+            }
+            samples += b.samples();
+            let mut bytes = Vec::new();
+            b.encode(&mut bytes);
+            b.clear();
+            groups.push((*p, bytes));
+        }
+        if groups.is_empty() {
+            return;
+        }
+        match node.ingest(groups).await {
+            Ok(()) => node.metrics.add_ingested(samples as u64),
+            Err((code, msg)) => {
+                tracing::error!(?code, "graphite write of {samples} samples failed: {msg}")
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,468 @@
+//! The HTTP API: Prometheus-compatible queries (so Grafana's Prometheus data source works unchanged), `/metrics`, health.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::{json, Value as Json};
+use store::query::{QueryError, QueryOptions, Value, VecSource};
+use store::{Labels, Matcher, SeriesData};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+use super::Node;
+
+/// Longest range a query may ask for without a step (series/labels endpoints).
+const ALL_TIME: (i64, i64) = (i64::MIN / 4, i64::MAX / 4);
+
+pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
+    let app = router(node);
+    let stop = async move {
+        let _ = shutdown.recv().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!("http server failed: {e}");
+    }
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series).post(series))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(healthy))
+        .route("/health", get(healthy))
+        .route("/-/ready", get(ready))
+        .with_state(node)
+}
+
+/// An API error, mapped to its HTTP status in one place.
+enum ApiError {
+    BadData(String),
+    Execution(String),
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e.kind() {
+            store::query::ErrorKind::BadData => ApiError::BadData(e.to_string()),
+            store::query::ErrorKind::Execution => ApiError::Execution(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, msg) = match self {
+            ApiError::BadData(m) => (StatusCode::BAD_REQUEST, "bad_data", m),
+            ApiError::Execution(m) => (StatusCode::UNPROCESSABLE_ENTITY, "execution", m),
+        };
+        (
+            status,
+            axum::Json(json!({"status": "error", "errorType": kind, "error": msg})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// GET query string and POST form body, as Prometheus takes them.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(query: Option<String>, body: &Bytes) -> Params {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        if let Some(q) = query {
+            pairs.extend(form_urlencoded::parse(q.as_bytes()).into_owned());
+        }
+        pairs.extend(form_urlencoded::parse(body).into_owned());
+        Params(pairs)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn required(&self, name: &str) -> Result<&str, ApiError> {
+        self.get(name)
+            .ok_or_else(|| ApiError::BadData(format!("missing parameter {name:?}")))
+    }
+
+    fn time(&self, name: &str, default_ms: i64) -> Result<i64, ApiError> {
+        match self.get(name) {
+            None | Some("") => Ok(default_ms),
+            Some(t) => parse_time(t).ok_or_else(|| {
+                ApiError::BadData(format!(
+                    "invalid parameter {name:?}: cannot parse {t:?} to a valid timestamp"
+                ))
+            }),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix seconds (possibly fractional) or RFC 3339.
+fn parse_time(t: &str) -> Option<i64> {
+    if let Ok(secs) = t.parse::<f64>() {
+        return secs.is_finite().then(|| (secs * 1000.0).round() as i64);
+    }
+    let st = humantime::parse_rfc3339_weak(t).ok()?;
+    Some(st.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+/// Seconds (possibly fractional) or a Prometheus duration (`15s`, `1m`).
+fn parse_step(t: &str) -> Option<i64> {
+    if let Ok(secs) = t.parse::<f64>() {
+        return (secs.is_finite() && secs > 0.0).then(|| (secs * 1000.0).round() as i64);
+    }
+    humantime::parse_duration(t)
+        .ok()
+        .map(|d| d.as_millis() as i64)
+}
+
+/// Prometheus' float format: shortest form, `NaN`, `+Inf`, `-Inf`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn point(t_ms: i64, v: f64) -> Json {
+    json!([t_ms as f64 / 1000.0, format_value(v)])
+}
+
+fn metric(labels: &Labels) -> Json {
+    Json::Object(
+        labels
+            .iter()
+            .map(|(n, v)| (n.to_string(), Json::String(v.to_string())))
+            .collect(),
+    )
+}
+
+fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Scalar(t, v) => json!({"resultType": "scalar", "result": point(*t, *v)}),
+        Value::String(t, s) => json!({"resultType": "string", "result": [*t as f64 / 1000.0, s]}),
+        Value::Vector(v) => json!({
+            "resultType": "vector",
+            "result": v.iter().map(|(l, t, x)| json!({"metric": metric(l), "value": point(*t, *x)})).collect::<Vec<_>>(),
+        }),
+        Value::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|s| json!({
+                "metric": metric(&s.labels),
+                "values": s.samples.iter().map(|(t, x)| point(*t, *x)).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+fn success(data: Json, warnings: Vec<String>) -> Response {
+    let mut body = json!({"status": "success", "data": data});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    axum::Json(body).into_response()
+}
+
+/// Fetches what every selector of `expr` needs from the cluster, merged
+/// into one source (a series two selectors both fetched appears once).
+async fn fetch(
+    node: &Arc<Node>,
+    expr: &str,
+    start_ms: i64,
+    end_ms: i64,
+    opts: &QueryOptions,
+) -> Result<(VecSource, Vec<String>), ApiError> {
+    let selections = store::query::selectors(expr, start_ms, end_ms, opts)?;
+    let mut merged: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    let mut warnings = BTreeSet::new();
+    for sel in selections {
+        let gathered = node.gather(&sel.matchers, sel.start_ms, sel.end_ms).await;
+        warnings.extend(gathered.warnings());
+        for s in gathered.series {
+            merged.entry(s.labels).or_default().extend(s.samples);
+        }
+    }
+    let series = merged
+        .into_iter()
+        .map(|(labels, samples)| SeriesData {
+            labels,
+            samples: samples.into_iter().collect(),
+        })
+        .collect();
+    Ok((VecSource::new(series), warnings.into_iter().collect()))
+}
+
+async fn query(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+    let started = Instant::now();
+    let params = Params::new(q, &body);
+    let result = async {
+        let expr = params.required("query")?.to_string();
+        let t = params.time("time", now_ms())?;
+        let opts = QueryOptions::default();
+        let (source, warnings) = fetch(&node, &expr, t, t, &opts).await?;
+        let value = tokio::task::spawn_blocking(move || {
+            store::query::instant_query(&source, &expr, t, &opts)
+        })
+        .await
+        .map_err(|e| ApiError::Execution(e.to_string()))??;
+        Ok(success(value_json(&value), warnings))
+    }
+    .await;
+    node.metrics
+        .add_query(started.elapsed().as_micros() as u64, result.is_ok());
+    result
+}
+
+async fn query_range(
+    State(node): State<Arc<Node>>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> ApiResult {
+    let started = Instant::now();
+    let params = Params::new(q, &body);
+    let result = async {
+        let expr = params.required("query")?.to_string();
+        let start = parse_time(params.required("start")?)
+            .ok_or_else(|| ApiError::BadData("invalid parameter \"start\"".into()))?;
+        let end = parse_time(params.required("end")?)
+            .ok_or_else(|| ApiError::BadData("invalid parameter \"end\"".into()))?;
+        let step = parse_step(params.required("step")?).ok_or_else(|| {
+            ApiError::BadData(
+                "invalid parameter \"step\": a positive duration or number of seconds".into(),
+            )
+        })?;
+        let opts = QueryOptions::default();
+        let (source, warnings) = fetch(&node, &expr, start, end, &opts).await?;
+        let value = tokio::task::spawn_blocking(move || {
+            store::query::range_query(&source, &expr, start, end, step, &opts)
+        })
+        .await
+        .map_err(|e| ApiError::Execution(e.to_string()))??;
+        Ok(success(value_json(&value), warnings))
+    }
+    .await;
+    node.metrics
+        .add_query(started.elapsed().as_micros() as u64, result.is_ok());
+    result
+}
+
+/// The series matching any `match[]` selector (all series without one).
+async fn matching_series(
+    node: &Arc<Node>,
+    params: &Params,
+) -> Result<(Vec<Labels>, Vec<String>), ApiError> {
+    let start = params.time("start", ALL_TIME.0)?;
+    let end = params.time("end", ALL_TIME.1)?;
+    let mut selectors: Vec<String> = params
+        .all("match[]")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    if selectors.is_empty() {
+        selectors.push("{__name__=~\".+\"}".into());
+    }
+    let mut out = BTreeSet::new();
+    let mut warnings = BTreeSet::new();
+    for sel in selectors {
+        let selections = store::query::selectors(&sel, end, end, &QueryOptions::default())?;
+        for s in selections {
+            let matchers: Vec<Matcher> = s.matchers;
+            let gathered = node.gather(&matchers, start, end).await;
+            warnings.extend(gathered.warnings());
+            out.extend(gathered.series.into_iter().map(|s| s.labels));
+        }
+    }
+    Ok((out.into_iter().collect(), warnings.into_iter().collect()))
+}
+
+async fn series(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+    let params = Params::new(q, &body);
+    if params.all("match[]").is_empty() {
+        return Err(ApiError::BadData("no match[] parameter provided".into()));
+    }
+    let (series, warnings) = matching_series(&node, &params).await?;
+    Ok(success(
+        Json::Array(series.iter().map(metric).collect()),
+        warnings,
+    ))
+}
+
+async fn labels(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
+    let params = Params::new(q, &body);
+    let (series, warnings) = matching_series(&node, &params).await?;
+    let names: BTreeSet<&str> = series
+        .iter()
+        .flat_map(|l| l.iter().map(|(n, _)| n))
+        .collect();
+    Ok(success(json!(names), warnings))
+}
+
+async fn label_values(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> ApiResult {
+    let params = Params::new(q, &Bytes::new());
+    let (series, warnings) = matching_series(&node, &params).await?;
+    let values: BTreeSet<&str> = series.iter().filter_map(|l| l.get(&name)).collect();
+    Ok(success(json!(values), warnings))
+}
+
+async fn buildinfo() -> Response {
+    success(
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "revision": "",
+            "branch": "",
+            "buildUser": "",
+            "buildDate": "",
+            "goVersion": "",
+        }),
+        Vec::new(),
+    )
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let mut extra = String::new();
+    let mem = node.store.memory_stats();
+    let _ = writeln!(
+        extra,
+        "# TYPE tandem_store_series gauge\ntandem_store_series {}",
+        mem.series
+    );
+    let _ = writeln!(
+        extra,
+        "# TYPE tandem_store_samples gauge\ntandem_store_samples {}",
+        mem.head_samples
+    );
+    let _ = writeln!(
+        extra,
+        "# TYPE tandem_store_index_bytes gauge\ntandem_store_index_bytes {}",
+        mem.index_bytes
+    );
+    let _ = writeln!(
+        extra,
+        "# TYPE tandem_store_head_bytes gauge\ntandem_store_head_bytes {}",
+        mem.head_bytes
+    );
+    let _ = writeln!(
+        extra,
+        "# TYPE tandem_map_epoch gauge\ntandem_map_epoch {}",
+        node.map().epoch.0
+    );
+    let _ = writeln!(extra, "# HELP tandem_partition_last_lsn Last log position per local partition copy (replication lag = primary's minus secondary's).\n# TYPE tandem_partition_last_lsn gauge");
+    for p in node.store.partition_ids() {
+        if let Some(part) = node.store.partition(p) {
+            let _ = writeln!(
+                extra,
+                "tandem_partition_last_lsn{{partition=\"{}\"}} {}",
+                p.0,
+                part.last_lsn().0
+            );
+        }
+    }
+    let (_, lagging) = node.catchup.lock().expect("poisoned").report();
+    let _ = writeln!(extra, "# TYPE tandem_catchup_lag_lsn gauge");
+    for (p, lag) in lagging {
+        let _ = writeln!(
+            extra,
+            "tandem_catchup_lag_lsn{{partition=\"{}\"}} {lag}",
+            p.0
+        );
+    }
+    let body = node.metrics.render(&extra);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn healthy() -> &'static str {
+    "tandem is healthy\n"
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let map = node.map();
+    match map.state_of(node.id) {
+        Some(controller::NodeState::Active) => {
+            (StatusCode::OK, "tandem is ready\n").into_response()
+        }
+        state => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {} is {:?}, not Active\n", node.id, state),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_like_prometheus() {
+        for (v, s) in [
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (-2.25, "-2.25"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (1e21, "1000000000000000000000"),
+        ] {
+            assert_eq!(format_value(v), s);
+        }
+        assert_eq!(point(1_435_781_451_781, 1.0), json!([1435781451.781, "1"]));
+    }
+
+    #[test]
+    fn parses_times_and_steps() {
+        assert_eq!(parse_time("1435781451.781"), Some(1_435_781_451_781));
+        assert_eq!(
+            parse_time("2015-07-01T20:10:51.781Z"),
+            Some(1_435_781_451_781)
+        );
+        assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_step("15"), Some(15_000));
+        assert_eq!(parse_step("1m"), Some(60_000));
+        assert_eq!(parse_step("-1"), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! The read path: scatter a selection over the Active copies of the partitions, fall back to another copy when one does not answer, gather.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use controller::{partition_of, NodeId, PartitionId};
+use store::{MatchOp, Matcher, SeriesData, SeriesKey};
+
+use super::msg::{SelectReply, SelectRequest};
+use super::Node;
+use crate::net::ReplyFuture;
+use crate::proto::{ErrorCode, Kind};
+
+/// How long the coordinator waits for one node's answer before it asks
+/// another copy.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Series gathered for a query, and what the answer must warn about.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub series: Vec<SeriesData>,
+    /// Partitions answered by a copy other than the primary.
+    pub fallback: Vec<u32>,
+    /// Partitions no Active copy answered for: their series are missing.
+    pub unavailable: Vec<u32>,
+}
+
+impl Gathered {
+    /// Prometheus `warnings` for the response.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.fallback.is_empty() {
+            w.push(format!(
+                "partitions {} were served by a secondary copy",
+                ranges(&self.fallback)
+            ));
+        }
+        if !self.unavailable.is_empty() {
+            w.push(format!(
+                "partitions {} have no Active copy: their series are missing from this result",
+                ranges(&self.unavailable)
+            ));
+        }
+        w
+    }
+}
+
+fn ranges(ids: &[u32]) -> String {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() > 20 {
+        return format!("{:?}... ({} in all)", &ids[..20], ids.len());
+    }
+    format!("{ids:?}")
+}
+
+pub fn matcher_triples(matchers: &[Matcher]) -> Vec<(String, String, String)> {
+    matchers
+        .iter()
+        .map(|m| {
+            let op = match m.op {
+                MatchOp::Equal => "=",
+                MatchOp::NotEqual => "!=",
+                MatchOp::Regex => "=~",
+                MatchOp::NotRegex => "!~",
+            };
+            (m.name.clone(), op.to_string(), m.value.clone())
+        })
+        .collect()
+}
+
+fn parse_matchers(
+    triples: &[(String, String, String)],
+) -> Result<Vec<Matcher>, (ErrorCode, String)> {
+    triples
+        .iter()
+        .map(|(name, op, value)| {
+            let op = match op.as_str() {
+                "=" => MatchOp::Equal,
+                "!=" => MatchOp::NotEqual,
+                "=~" => MatchOp::Regex,
+                "!~" => MatchOp::NotRegex,
+                other => {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        format!("unknown matcher operator {other:?}"),
+                    ))
+                }
+            };
+            Matcher::new(name, op, value)
+                .map_err(|e| (ErrorCode::BadRequest, format!("bad regex {value:?}: {e}")))
+        })
+        .collect()
+}
+
+/// Peer side: the matching series of the listed partitions this node holds
+/// as an Active copy; the others are listed as missing.
+pub fn handle_select(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
+    let node = node.clone();
+    Box::pin(async move {
+        let req: SelectRequest = serde_json::from_slice(&payload)
+            .map_err(|e| (ErrorCode::BadRequest, format!("malformed select: {e}")))?;
+        let matchers = parse_matchers(&req.matchers)?;
+        tokio::task::spawn_blocking(move || {
+            let (series, missing) =
+                node.select_local(&req.partitions, &matchers, req.start_ms, req.end_ms);
+            Ok(SelectReply::encode(&missing, &encode_series(&series)?))
+        })
+        .await
+        .map_err(|e| (ErrorCode::Internal, format!("select task failed: {e}")))?
+    })
+}
+
+/// Series data as a batch (the same encoding as writes).
+fn encode_series(series: &[SeriesData]) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let mut keyed = Vec::with_capacity(series.len());
+    for s in series {
+        let resource = s.labels.get(store::source::RESOURCE_LABEL).unwrap_or("");
+        let metric = s.labels.get(store::source::METRIC_LABEL).unwrap_or("");
+        let tags: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .filter(|(n, _)| {
+                *n != store::source::RESOURCE_LABEL && *n != store::source::METRIC_LABEL
+            })
+            .collect();
+        let key = SeriesKey::new(resource, metric, &tags)
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        keyed.push((key, &s.samples));
+    }
+    let mut out = Vec::new();
+    store::batch::encode(keyed.iter().map(|(k, s)| (k, s.as_slice())), &mut out);
+    Ok(out)
+}
+
+fn decode_series(batch: &[u8]) -> Result<Vec<SeriesData>, String> {
+    let view = store::batch::decode(batch).map_err(|e| e.to_string())?;
+    Ok(view
+        .series()
+        .map(|s| SeriesData {
+            labels: s.key().labels(),
+            samples: s.samples.collect(),
+        })
+        .collect())
+}
+
+impl Node {
+    fn select_local(
+        &self,
+        partitions: &[u32],
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> (Vec<SeriesData>, Vec<u32>) {
+        let map = self.map();
+        let progress = self.catchup.lock().expect("poisoned");
+        let (mut serve, mut missing) = (Vec::new(), Vec::new());
+        for &p in partitions {
+            // Only an Active, uncorrupted copy answers: a Recovering replica never serves reads.
+            // A new primary that has not yet taken over its peers' records
+            // may lack acknowledged samples: let another copy answer.
+            let unsynced = map.primary(PartitionId(p)) == Some(self.id)
+                && map
+                    .partition(PartitionId(p))
+                    .is_some_and(|i| self.synced_term(p) < i.term.0);
+            if map.is_active_copy(PartitionId(p), self.id) && !progress.is_corrupted(p) && !unsynced
+            {
+                serve.push(store::PartitionId(p));
+            } else {
+                missing.push(p);
+            }
+        }
+        drop(progress);
+        let serve: Vec<_> = serve
+            .into_iter()
+            .filter(|p| self.store.partition(*p).is_some())
+            .collect();
+        let series = if serve.is_empty() {
+            Vec::new()
+        } else {
+            store::Source::select(&self.store.source(&serve), matchers, start_ms, end_ms)
+        };
+        (series, missing)
+    }
+
+    /// Gathers the series matching `matchers` in `[start_ms, end_ms]` from
+    /// the whole cluster: each partition from its primary, or from another
+    /// Active copy when the primary does not answer in time.
+    pub async fn gather(
+        self: &Arc<Self>,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Gathered {
+        let map = self.map();
+        let candidates = |p: u32| -> Vec<NodeId> {
+            let pid = PartitionId(p);
+            let mut c: Vec<NodeId> = map.active_replicas(pid);
+            // The primary first.
+            if let Some(primary) = map.primary(pid) {
+                if let Some(i) = c.iter().position(|&n| n == primary) {
+                    c.swap(0, i);
+                }
+            }
+            c
+        };
+        let partitions: Vec<u32> = match resource_of(matchers) {
+            Some(resource) => vec![partition_of(resource.as_bytes(), map.partitions).0],
+            None => (0..map.partitions).collect(),
+        };
+        let triples = matcher_triples(matchers);
+        let mut out = Gathered::default();
+        let mut todo: BTreeMap<u32, Vec<NodeId>> =
+            partitions.into_iter().map(|p| (p, candidates(p))).collect();
+        let mut round = 0;
+        while !todo.is_empty() {
+            // Group the next candidate of every partition by node.
+            let mut by_node: BTreeMap<NodeId, Vec<u32>> = BTreeMap::new();
+            for (&p, c) in &todo {
+                match c.get(round) {
+                    Some(&n) => by_node.entry(n).or_default().push(p),
+                    None => out.unavailable.push(p),
+                }
+            }
+            todo.retain(|_, c| c.len() > round);
+            if by_node.is_empty() {
+                break;
+            }
+            let mut calls = Vec::new();
+            for (n, ps) in by_node {
+                let node = self.clone();
+                let req = SelectRequest {
+                    partitions: ps.clone(),
+                    matchers: triples.clone(),
+                    start_ms,
+                    end_ms,
+                };
+                calls.push(tokio::spawn(
+                    async move { (ps, node.select_on(n, req).await) },
+                ));
+            }
+            for call in calls {
+                let Ok((ps, result)) = call.await else {
+                    continue;
+                };
+                match result {
+                    Ok((series, missing)) => {
+                        out.series.extend(series);
+                        for p in ps {
+                            if !missing.contains(&p) {
+                                todo.remove(&p);
+                                if round > 0 {
+                                    out.fallback.push(p);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("select failed, trying other copies: {e}"),
+                }
+            }
+            round += 1;
+        }
+        out
+    }
+
+    async fn select_on(
+        self: Arc<Self>,
+        n: NodeId,
+        req: SelectRequest,
+    ) -> Result<(Vec<SeriesData>, Vec<u32>), String> {
+        if n == self.id {
+            let matchers = parse_matchers(&req.matchers).map_err(|e| e.1)?;
+            let node = self.clone();
+            return tokio::task::spawn_blocking(move || {
+                node.select_local(&req.partitions, &matchers, req.start_ms, req.end_ms)
+            })
+            .await
+            .map_err(|e| e.to_string());
+        }
+        let client = self
+            .peer(n)
+            .ok_or_else(|| format!("node {n} is not in the map"))?;
+        let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let bytes = client
+            .request(Kind::Select, &payload, READ_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = SelectReply::decode(&bytes).map_err(|e| e.1)?;
+        Ok((decode_series(reply.batch)?, reply.missing))
+    }
+}
+
+/// The resource a query pins with `resource="..."`, if any: then only its partition is asked.
+fn resource_of(matchers: &[Matcher]) -> Option<&str> {
+    matchers
+        .iter()
+        .find(|m| m.name == store::source::RESOURCE_LABEL && m.op == MatchOp::Equal)
+        .map(|m| m.value.as_str())
+}

@@ -1,0 +1,539 @@
+//! The write path: gateway (group by partition, forward), primary (log, apply, replicate, wait), replica (fence, apply in LSN order).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use controller::{partition_of, NodeId, PartitionId};
+use store::{Lsn, Term};
+
+use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
+use super::{Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
+use crate::net::{ClientError, ReplyFuture};
+use crate::proto::{ErrorCode, Kind};
+
+type WriteResult<T = ()> = Result<T, (ErrorCode, String)>;
+
+/// Records a catch-up resend reads from the log at once.
+const RESEND_BYTES_MAX: usize = 4 << 20;
+
+/// Collector -> gateway: one batch, acknowledged when every partition's
+/// group is on all its Active copies. The ack payload is the sample count.
+pub fn handle_write(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
+    let node = node.clone();
+    Box::pin(async move {
+        let partitions = node.map().partitions;
+        let (groups, samples) = split(&payload, partitions)?;
+        node.ingest(groups).await?;
+        node.metrics.add_ingested(samples as u64);
+        Ok((samples as u64).to_le_bytes().to_vec())
+    })
+}
+
+/// A batch per partition, and the sample count.
+pub type Split = (Vec<(u32, Vec<u8>)>, usize);
+
+/// Splits a batch into one batch per partition (shard key: the resource).
+pub fn split(batch: &[u8], partitions: u32) -> WriteResult<Split> {
+    let view = store::batch::decode(batch)
+        .map_err(|e| (ErrorCode::BadRequest, format!("malformed batch: {e}")))?;
+    let groups = store::batch::split(&view, |key| {
+        partition_of(key.resource.as_bytes(), partitions).0
+    });
+    Ok((groups, view.sample_count()))
+}
+
+/// Gateway -> primary.
+pub fn handle_forward(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
+    let node = node.clone();
+    Box::pin(async move {
+        let f = Forward::decode(&payload)?;
+        if f.epoch > node.map().epoch.0 {
+            node.refresh_map().await;
+        }
+        node.primary_write(f.partition, f.batch).await?;
+        Ok(Vec::new())
+    })
+}
+
+impl Node {
+    /// Writes every partition's group concurrently; fails if any fails.
+    pub async fn ingest(self: &Arc<Self>, groups: Vec<(u32, Vec<u8>)>) -> WriteResult {
+        let mut tasks = Vec::with_capacity(groups.len());
+        for (p, batch) in groups {
+            let node = self.clone();
+            tasks.push(tokio::spawn(async move {
+                node.write_partition(p, &batch).await
+            }));
+        }
+        let mut first_error = None;
+        for t in tasks {
+            let r = t
+                .await
+                .unwrap_or_else(|e| Err((ErrorCode::Internal, format!("write task failed: {e}"))));
+            if let Err(e) = r {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => {
+                self.metrics.add_write_error();
+                Err(e)
+            }
+        }
+    }
+
+    /// Routes one partition's batch to its primary, retrying through map
+    /// changes (failover) until it is acknowledged or the deadline passes.
+    async fn write_partition(self: &Arc<Self>, p: u32, batch: &[u8]) -> WriteResult {
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let map = self.map();
+            let result = match map.primary(PartitionId(p)) {
+                None => Err((
+                    ErrorCode::Unavailable,
+                    format!("partition {p} has no primary"),
+                )),
+                Some(primary) if primary == self.id => self.primary_write(p, batch).await,
+                Some(primary) => self.forward(primary, p, map.epoch.0, batch).await,
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err((code, message)) if code.is_retryable() && Instant::now() < deadline => {
+                    tracing::debug!(partition = p, "write retry: {message}");
+                    if matches!(
+                        code,
+                        ErrorCode::StaleMap | ErrorCode::NotOwner | ErrorCode::Fenced
+                    ) {
+                        self.refresh_map().await;
+                    }
+                    // Wait for the controller to move the partition, briefly.
+                    tokio::select! {
+                        _ = self.map_changed.notified() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn forward(&self, primary: NodeId, p: u32, epoch: u64, batch: &[u8]) -> WriteResult {
+        let client = self.peer(primary).ok_or((
+            ErrorCode::StaleMap,
+            format!("node {primary} is not in the map"),
+        ))?;
+        let payload = Forward {
+            partition: p,
+            epoch,
+            batch,
+        }
+        .encode();
+        match client
+            .request(Kind::Forward, &payload, super::WRITE_DEADLINE)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ClientError::Remote { code, message, .. }) => Err((code, message)),
+            Err(e) => Err((ErrorCode::Unavailable, e.to_string())),
+        }
+    }
+
+    /// The primary's side: append to the log and memory under the
+    /// partition's sequencer, ship to every Active replica, and return once
+    /// they have applied it. A replica the map has Down is skipped (the
+    /// partition is degraded and the primary acknowledges alone).
+    pub async fn primary_write(self: &Arc<Self>, p: u32, batch: &[u8]) -> WriteResult {
+        let pid = PartitionId(p);
+        let seq = self
+            .sequencers
+            .get(p as usize)
+            .ok_or((ErrorCode::BadRequest, format!("no partition {p}")))?;
+        let _guard = seq.lock().await;
+        let map = self.map();
+        let info = map
+            .partition(pid)
+            .ok_or((ErrorCode::BadRequest, format!("no partition {p}")))?;
+        if map.primary(pid) != Some(self.id) {
+            return Err((
+                ErrorCode::NotOwner,
+                format!("node {} is not the primary of partition {p}", self.id),
+            ));
+        }
+        if !map.is_active_copy(pid, self.id) {
+            return Err((
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {p}: the primary copy on node {} is not Active",
+                    self.id
+                ),
+            ));
+        }
+        let term = info.term.0;
+        let part = self.partition(p)?;
+        if self.synced_term(p) < term {
+            // First write of this term here (the map-change sync did not
+            // finish yet): take over what the other copies acknowledged.
+            self.sync_as_primary(p, term, &part).await?;
+        }
+        let lsn = part
+            .append(Term(term), batch)
+            .map_err(|e| store_error(p, e))?;
+        let targets: Vec<NodeId> = info
+            .replicas
+            .iter()
+            .chain(info.learners.iter().map(|l| &l.node))
+            .copied()
+            .filter(|&n| n != self.id)
+            .collect();
+        let mut waits = Vec::new();
+        for r in targets {
+            if map.is_active_copy(pid, r) {
+                waits.push(self.replicate_to(r, p, term, lsn.0, batch));
+            } else if map
+                .state_of(r)
+                .is_some_and(|s| s != controller::NodeState::Down)
+            {
+                // A catching-up copy: keep it fed, but do not wait for it.
+                self.replicate_best_effort(r, p, map.epoch.0, term, lsn.0, batch.to_vec());
+            }
+        }
+        for w in waits {
+            w.await?;
+        }
+        self.metrics.add_replicated_batch();
+        Ok(())
+    }
+
+    /// A new primary pulls, from every other Active copy, the records past
+    /// its own last LSN (a copy that became primary right after catching up
+    /// can miss what the old primary acknowledged meanwhile), and fences
+    /// those copies with its term so the old primary gets no more
+    /// acknowledgements through them.
+    async fn sync_as_primary(&self, p: u32, term: u64, part: &store::Partition) -> WriteResult {
+        let pid = PartitionId(p);
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let map = self.map();
+        for r in map
+            .active_replicas(pid)
+            .into_iter()
+            .filter(|&r| r != self.id)
+        {
+            loop {
+                if !self.map().is_active_copy(pid, r) {
+                    break;
+                }
+                let client = self
+                    .peer(r)
+                    .ok_or((ErrorCode::StaleMap, format!("node {r} is not in the map")))?;
+                let request = CatchUpRequest {
+                    partition: p,
+                    from_lsn: part.last_lsn().0 + 1,
+                    max_bytes: RESEND_BYTES_MAX as u32,
+                    fence_term: term,
+                };
+                let reply = match client
+                    .request(Kind::CatchUp, &request.encode(), REPLICA_TIMEOUT)
+                    .await
+                {
+                    Ok(bytes) => CatchUpReply::decode(&bytes)?,
+                    Err(e) if Instant::now() < deadline => {
+                        tracing::debug!(partition = p, peer = r.0, "primary sync retry: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err((
+                            ErrorCode::Unavailable,
+                            format!("partition {p}: cannot sync with node {r}: {e}"),
+                        ))
+                    }
+                };
+                let mut applied = 0;
+                for rec in &reply.records {
+                    if rec.lsn == part.last_lsn().0 + 1 {
+                        part.apply_replicated(Lsn(rec.lsn), Term(rec.term), &rec.batch)
+                            .map_err(|e| store_error(p, e))?;
+                        applied += 1;
+                    }
+                }
+                if applied > 0 {
+                    tracing::info!(
+                        partition = p,
+                        peer = r.0,
+                        records = applied,
+                        "new primary took over records from a peer"
+                    );
+                }
+                if applied == 0 || part.last_lsn().0 >= reply.last_lsn {
+                    break;
+                }
+            }
+        }
+        self.synced.lock().expect("poisoned").insert(p, term);
+        Ok(())
+    }
+
+    pub(super) fn synced_term(&self, p: u32) -> u64 {
+        self.synced
+            .lock()
+            .expect("poisoned")
+            .get(&p)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// After a map change: every partition this node now leads in a term it
+    /// has not synced yet takes over what its peers have, so reads from the
+    /// new primary see every acknowledged sample before the next write.
+    pub async fn sync_new_primaries(self: Arc<Self>) {
+        let map = self.map();
+        for p in 0..map.partitions {
+            let pid = PartitionId(p);
+            let Some(info) = map.partition(pid) else {
+                continue;
+            };
+            if map.primary(pid) != Some(self.id) || self.synced_term(p) >= info.term.0 {
+                continue;
+            }
+            let Some(seq) = self.sequencers.get(p as usize) else {
+                continue;
+            };
+            let _guard = seq.lock().await;
+            if self.synced_term(p) >= info.term.0 {
+                continue;
+            }
+            let result = match self.partition(p) {
+                Ok(part) => self.sync_as_primary(p, info.term.0, &part).await,
+                Err(e) => Err(e),
+            };
+            if let Err((_, e)) = result {
+                tracing::warn!(
+                    partition = p,
+                    "new primary could not sync yet (the next write retries): {e}"
+                );
+            }
+        }
+    }
+
+    /// Ships one record to an Active replica and waits for it to be applied,
+    /// filling any gap from the local log first. Returns early (degraded) if
+    /// the map stops counting the replica as Active.
+    async fn replicate_to(
+        &self,
+        replica: NodeId,
+        p: u32,
+        term: u64,
+        lsn: u64,
+        batch: &[u8],
+    ) -> WriteResult {
+        let pid = PartitionId(p);
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        loop {
+            let map = self.map();
+            if map.partition(pid).map(|i| i.term.0) != Some(term)
+                || map.primary(pid) != Some(self.id)
+            {
+                return Err((
+                    ErrorCode::Fenced,
+                    format!("partition {p}: term {term} is over on node {}", self.id),
+                ));
+            }
+            if !map.is_active_copy(pid, replica) {
+                tracing::debug!(
+                    partition = p,
+                    replica = replica.0,
+                    "replica not Active: acknowledging degraded"
+                );
+                return Ok(());
+            }
+            let client = self.peer(replica).ok_or((
+                ErrorCode::StaleMap,
+                format!("node {replica} is not in the map"),
+            ))?;
+            let payload = Replicate {
+                partition: p,
+                epoch: map.epoch.0,
+                term,
+                lsn,
+                batch,
+            }
+            .encode();
+            let result = client
+                .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
+                .await;
+            match result {
+                Ok(bytes) => {
+                    let ack = ReplicateAck::decode(&bytes)?;
+                    if !ack.gap {
+                        return Ok(());
+                    }
+                    self.resend(&client, p, map.epoch.0, ack.last_lsn + 1, lsn)
+                        .await?;
+                }
+                Err(ClientError::Remote {
+                    code: ErrorCode::Fenced,
+                    message,
+                    ..
+                }) => {
+                    return Err((ErrorCode::Fenced, message));
+                }
+                Err(e) => {
+                    if Instant::now() > deadline {
+                        return Err((
+                            ErrorCode::Unavailable,
+                            format!("partition {p}: replica {replica} unreachable: {e}"),
+                        ));
+                    }
+                    tracing::debug!(partition = p, replica = replica.0, "replication retry: {e}");
+                    tokio::select! {
+                        _ = self.map_changed.notified() => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends log records `[from, until)` in order, so that a replica that
+    /// missed some (a dropped connection) has no gap before `until`.
+    async fn resend(
+        &self,
+        client: &crate::net::Client,
+        p: u32,
+        epoch: u64,
+        mut from: u64,
+        until: u64,
+    ) -> WriteResult {
+        let part = self.partition(p)?;
+        while from < until {
+            let records = part
+                .read_log(Lsn(from), RESEND_BYTES_MAX)
+                .map_err(|e| store_error(p, e))?;
+            if records.is_empty() {
+                break;
+            }
+            for (lsn, term, batch) in records {
+                if lsn.0 >= until {
+                    return Ok(());
+                }
+                let payload = Replicate {
+                    partition: p,
+                    epoch,
+                    term: term.0,
+                    lsn: lsn.0,
+                    batch: &batch,
+                }
+                .encode();
+                client
+                    .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
+                    .await
+                    .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
+                from = lsn.0 + 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn replicate_best_effort(
+        &self,
+        replica: NodeId,
+        p: u32,
+        epoch: u64,
+        term: u64,
+        lsn: u64,
+        batch: Vec<u8>,
+    ) {
+        let Some(client) = self.peer(replica) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let payload = Replicate {
+                partition: p,
+                epoch,
+                term,
+                lsn,
+                batch: &batch,
+            }
+            .encode();
+            let _ = client
+                .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
+                .await;
+        });
+    }
+}
+
+/// Primary -> replica. Runs synchronously in arrival order, so records of a
+/// partition are applied in the order the primary sent them.
+pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
+    let m = Replicate::decode(payload)?;
+    let fence = node.fence_of(m.partition);
+    if m.term < fence {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is fenced by term {fence}",
+                m.partition, m.term
+            ),
+        ));
+    }
+    let pid = PartitionId(m.partition);
+    let map = node.map();
+    if let Some(info) = map.partition(pid) {
+        if m.term < info.term.0 {
+            return Err((
+                ErrorCode::Fenced,
+                format!(
+                    "partition {}: term {} is older than {}",
+                    m.partition, m.term, info.term.0
+                ),
+            ));
+        }
+    }
+    let part = node.partition(m.partition)?;
+    if m.term < part.last_term().0 {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is older than the log's {}",
+                m.partition,
+                m.term,
+                part.last_term().0
+            ),
+        ));
+    }
+    let last = part.last_lsn().0;
+    if m.lsn > last + 1 {
+        return Ok(ReplicateAck {
+            last_lsn: last,
+            gap: true,
+        }
+        .encode());
+    }
+    if m.lsn <= last {
+        return Ok(ReplicateAck {
+            last_lsn: last,
+            gap: false,
+        }
+        .encode());
+    }
+    part.apply_replicated(Lsn(m.lsn), Term(m.term), m.batch)
+        .map_err(|e| store_error(m.partition, e))?;
+    node.metrics.add_applied(m.partition);
+    Ok(ReplicateAck {
+        last_lsn: m.lsn,
+        gap: false,
+    }
+    .encode())
+}
+
+fn store_error(p: u32, e: store::Error) -> (ErrorCode, String) {
+    let code = match &e {
+        store::Error::BatchMalformed { .. }
+        | store::Error::BatchVersion(_)
+        | store::Error::InvalidKey(_) => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    };
+    (code, format!("partition {p}: {e}"))
+}

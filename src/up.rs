@@ -1,0 +1,252 @@
+//! `tandem up`: a whole local cluster (controller and nodes on loopback) in one command.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::cluster_file::{ClusterFile, ProcessEntry};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpArgs {
+    /// Number of data nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Number of physical host labels the nodes are spread over (round robin).
+    #[arg(long, default_value_t = 3)]
+    pub hosts: u32,
+    /// Copies of every partition (1 = HA off, 2 = primary + secondary).
+    #[arg(long, default_value_t = 2)]
+    pub replicas: u32,
+    /// Number of controllers. Only 1 for now: the replicated controller group is not built yet.
+    #[arg(long, default_value_t = 1)]
+    pub controllers: u32,
+    /// Partitions of the cluster, fixed at creation.
+    #[arg(long, default_value_t = 1024)]
+    pub partitions: u32,
+    /// Where every process keeps its data, logs, and `cluster.json`.
+    #[arg(long, default_value = "./data")]
+    pub data: PathBuf,
+    /// Heartbeat silence after which a node is Down.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub down_after: Duration,
+    /// Start the processes, wait until every node is Active, print, and exit
+    /// instead of waiting for Ctrl-C (the processes keep running; stop them
+    /// by the pids in cluster.json).
+    #[arg(long)]
+    pub detach: bool,
+    /// Print the endpoints as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: UpArgs) -> anyhow::Result<i32> {
+    if args.controllers != 1 {
+        bail!(
+            "--controllers {}: only a single controller is supported so far; use --controllers 1",
+            args.controllers
+        );
+    }
+    if args.hosts < args.replicas {
+        bail!(
+            "--hosts {} < --replicas {}: every copy of a partition needs its own physical host; add hosts or lower --replicas",
+            args.hosts,
+            args.replicas
+        );
+    }
+    if args.nodes < args.hosts {
+        bail!(
+            "--nodes {} < --hosts {}: every host label needs at least one node",
+            args.nodes,
+            args.hosts
+        );
+    }
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create {}", args.data.display()))?;
+    let data = args.data.canonicalize()?;
+    let exe = std::env::current_exe().context("cannot find the tandem executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+
+    let mut children: Vec<Child> = Vec::new();
+    let mut file = ClusterFile {
+        controllers: Vec::new(),
+        nodes: Vec::new(),
+    };
+
+    let controller_addr = free_addr()?;
+    let controller_data = data.join("controller-1");
+    let command = vec![
+        exe.clone(),
+        "controller".into(),
+        "--id".into(),
+        "1".into(),
+        "--listen".into(),
+        controller_addr.clone(),
+        "--data".into(),
+        path_arg(&controller_data),
+        "--replicas".into(),
+        args.replicas.to_string(),
+        "--partitions".into(),
+        args.partitions.to_string(),
+        "--down-after".into(),
+        humantime::format_duration(args.down_after).to_string(),
+    ];
+    let child = spawn(&command, &data.join("controller-1.log"))?;
+    file.controllers.push(ProcessEntry {
+        role: "controller".into(),
+        id: 1,
+        pid: child.id(),
+        host: "h1".into(),
+        listen: controller_addr.clone(),
+        graphite: None,
+        http: None,
+        data: controller_data,
+        command,
+    });
+    children.push(child);
+
+    for id in 1..=args.nodes {
+        let host = format!("h{}", (id - 1) % args.hosts + 1);
+        let (listen, graphite, http) = (free_addr()?, free_addr()?, free_addr()?);
+        let node_data = data.join(format!("node-{id}"));
+        let command = vec![
+            exe.clone(),
+            "node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--host".into(),
+            host.clone(),
+            "--data".into(),
+            path_arg(&node_data),
+            "--listen".into(),
+            listen.clone(),
+            "--graphite".into(),
+            graphite.clone(),
+            "--http".into(),
+            http.clone(),
+            "--controller".into(),
+            controller_addr.clone(),
+        ];
+        let child = spawn(&command, &data.join(format!("node-{id}.log")))?;
+        file.nodes.push(ProcessEntry {
+            role: "node".into(),
+            id,
+            pid: child.id(),
+            host,
+            listen,
+            graphite: Some(graphite),
+            http: Some(http),
+            data: node_data,
+            command,
+        });
+        children.push(child);
+    }
+    let cluster_path = data.join("cluster.json");
+    file.save(&cluster_path)?;
+
+    let ready = crate::control::wait_until_active(
+        &file.controller_addrs(),
+        args.nodes as usize,
+        Duration::from_secs(60),
+    );
+    if let Err(e) = ready {
+        stop_all(&mut children);
+        return Err(e.context(
+            "the cluster did not become ready; see the *.log files in the data directory",
+        ));
+    }
+    print_endpoints(&file, &cluster_path, args.json)?;
+    if args.detach {
+        return Ok(0);
+    }
+    eprintln!("tandem is running; Ctrl-C stops every process");
+    wait_for_ctrl_c()?;
+    eprintln!("stopping...");
+    stop_all(&mut children);
+    Ok(0)
+}
+
+fn print_endpoints(file: &ClusterFile, cluster_path: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(file)?);
+        return Ok(());
+    }
+    println!("cluster file: {}", cluster_path.display());
+    for c in &file.controllers {
+        println!("controller {:>2}  pid {:>7}  rpc {}", c.id, c.pid, c.listen);
+    }
+    for n in &file.nodes {
+        println!(
+            "node {:>2} ({})  pid {:>7}  native {}  graphite {}  http http://{}",
+            n.id,
+            n.host,
+            n.pid,
+            n.listen,
+            n.graphite.as_deref().unwrap_or("-"),
+            n.http.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+/// A loopback address with a port the OS just handed out. The port is
+/// released again for the child to bind; a collision in that instant makes
+/// the child fail to start, which `up` reports.
+fn free_addr() -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+fn spawn(command: &[String], log: &Path) -> anyhow::Result<Child> {
+    let out =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = out.try_clone()?;
+    Command::new(&command[0])
+        .args(&command[1..])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("cannot start {}", command.join(" ")))
+}
+
+fn stop_all(children: &mut [Child]) {
+    for child in children.iter() {
+        // SIGTERM first so that nodes sync their logs.
+        signal(child.id(), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for child in children.iter_mut() {
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends a signal to a process by pid; a process already gone is not an error.
+pub fn signal(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+}
+
+fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}

@@ -1,0 +1,635 @@
+//! The batch: many samples grouped by series; the unit of the log, of replication and of forwarding.
+//!
+//! Sans-IO: [`encode`] and [`BatchBuilder`] write into a `Vec<u8>`, [`decode`]
+//! validates the whole batch once and returns a zero-copy [`BatchView`].
+//!
+//! ```text
+//! u8 magic 0xB7, u8 version 1, u32 series_count
+//! series_count x (
+//!     series key (canonical form, see series.rs),
+//!     varint sample_count (>= 1),
+//!     u32 samples_bytes (so a reader skips a series without decoding it),
+//!     sample_count x (zigzag varint timestamp delta from the previous
+//!                     sample, the first from 0; u64 value bits)
+//! )
+//! ```
+//!
+//! Integers are little-endian. Samples of one series may come in any order;
+//! the same series may appear more than once (later samples win).
+
+use crate::error::{Error, Result};
+use crate::series::{encode_parts, KeyRef, SeriesKey};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::memory::IdentityHasher;
+
+pub const MAGIC: u8 = 0xB7;
+pub const VERSION: u8 = 1;
+/// Most series in one batch.
+pub const SERIES_MAX: usize = 1 << 20;
+/// Most samples in one batch.
+pub const SAMPLES_MAX: usize = 1 << 24;
+const HEADER_BYTES: usize = 6;
+
+/// Encodes `series` (key, samples) into `out` (appended).
+pub fn encode<'a, I>(series: I, out: &mut Vec<u8>)
+where
+    I: IntoIterator<Item = (&'a SeriesKey, &'a [(i64, f64)])>,
+{
+    let start = out.len();
+    out.extend_from_slice(&[MAGIC, VERSION, 0, 0, 0, 0]);
+    let mut count: u32 = 0;
+    for (key, samples) in series {
+        if samples.is_empty() {
+            continue;
+        }
+        key.encode_into(out);
+        put_samples(samples, out);
+        count += 1;
+    }
+    out[start + 2..start + 6].copy_from_slice(&count.to_le_bytes());
+}
+
+fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
+    put_varint(out, samples.len() as u64);
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let mut prev = 0i64;
+    for &(ts, v) in samples {
+        put_varint(out, zigzag(ts.wrapping_sub(prev)));
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+        prev = ts;
+    }
+    let len = (out.len() - len_at - 4) as u32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+type Slot = (Vec<u8>, Vec<(i64, f64)>);
+
+/// Groups samples by series as they arrive, then encodes them as one batch.
+/// Reuse one builder (`clear`) to keep its allocations.
+#[derive(Default)]
+pub struct BatchBuilder {
+    /// xxh3 of the key bytes -> slot; a colliding key goes to `collided`.
+    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
+    collided: HashMap<Vec<u8>, usize>,
+    last: usize,
+    /// Slots of (key bytes, samples); `used` of them hold this batch.
+    series: Vec<Slot>,
+    used: usize,
+    samples: usize,
+    scratch: Vec<u8>,
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    /// Adds one sample. `tags` must be sorted by name with unique names (as
+    /// [`SeriesKey::new`] makes them); an invalid key is an error.
+    pub fn push(
+        &mut self,
+        resource: &str,
+        metric: &str,
+        tags: &[(&str, &str)],
+        ts: i64,
+        value: f64,
+    ) -> Result<()> {
+        self.scratch.clear();
+        encode_parts(resource, metric, tags.iter().copied(), &mut self.scratch);
+        KeyRef::parse(&self.scratch)?;
+        self.push_key_bytes(ts, value)
+    }
+
+    /// Adds one sample of an owned key.
+    pub fn push_key(&mut self, key: &SeriesKey, ts: i64, value: f64) -> Result<()> {
+        self.scratch.clear();
+        key.encode_into(&mut self.scratch);
+        self.push_key_bytes(ts, value)
+    }
+
+    fn push_key_bytes(&mut self, ts: i64, value: f64) -> Result<()> {
+        if self.samples >= SAMPLES_MAX {
+            return Err(Error::BatchFull);
+        }
+        let slot = match self.find_slot() {
+            Some(slot) => slot,
+            None => self.new_slot()?,
+        };
+        self.last = slot;
+        self.series[slot].1.push((ts, value));
+        self.samples += 1;
+        Ok(())
+    }
+
+    /// The slot of the key in `scratch`, if this batch has it. Consecutive
+    /// samples of one series skip the hash.
+    fn find_slot(&self) -> Option<usize> {
+        if self.last < self.used && self.series[self.last].0 == self.scratch {
+            return Some(self.last);
+        }
+        let slot = *self.index.get(&xxh3_64(&self.scratch))?;
+        if self.series[slot].0 == self.scratch {
+            return Some(slot);
+        }
+        self.collided.get(self.scratch.as_slice()).copied()
+    }
+
+    fn new_slot(&mut self) -> Result<usize> {
+        if self.used >= SERIES_MAX {
+            return Err(Error::BatchFull);
+        }
+        let slot = self.used;
+        if slot == self.series.len() {
+            self.series.push((Vec::new(), Vec::new()));
+        }
+        self.series[slot].0.clear();
+        self.series[slot].0.extend_from_slice(&self.scratch);
+        let hash = xxh3_64(&self.scratch);
+        match self.index.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.collided.insert(self.scratch.clone(), slot);
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(slot);
+            }
+        }
+        self.used += 1;
+        Ok(slot)
+    }
+
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    pub fn series(&self) -> usize {
+        self.used
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples == 0
+    }
+
+    /// Appends the batch to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[MAGIC, VERSION]);
+        out.extend_from_slice(&(self.used as u32).to_le_bytes());
+        for (key, samples) in &self.series[..self.used] {
+            out.extend_from_slice(key);
+            put_samples(samples, out);
+        }
+    }
+
+    /// Empties the builder, keeping its allocations.
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.collided.clear();
+        for s in &mut self.series[..self.used] {
+            s.1.clear();
+        }
+        self.used = 0;
+        self.samples = 0;
+    }
+}
+
+/// A validated batch, borrowed from its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchView<'a> {
+    body: &'a [u8],
+    series_count: u32,
+    sample_count: usize,
+}
+
+/// Validates `bytes` as one whole batch.
+pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
+    let header = bytes
+        .get(..HEADER_BYTES)
+        .ok_or_else(|| malformed(0, "truncated header"))?;
+    if header[0] != MAGIC {
+        return Err(malformed(0, "bad magic"));
+    }
+    if header[1] != VERSION {
+        return Err(Error::BatchVersion(header[1]));
+    }
+    let series_count = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
+    if series_count as usize > SERIES_MAX {
+        return Err(malformed(2, "too many series"));
+    }
+    let body = &bytes[HEADER_BYTES..];
+    let mut pos = 0;
+    let mut sample_count = 0usize;
+    for _ in 0..series_count {
+        let used = crate::series::validate_prefix(&body[pos..])
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad series key"))?;
+        pos += used;
+        let (n, used) =
+            get_varint(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
+        pos += used;
+        if n == 0 || n as usize > SAMPLES_MAX - sample_count {
+            return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
+        }
+        sample_count += n as usize;
+        let len_bytes = body
+            .get(pos..pos + 4)
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "truncated length"))?;
+        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
+        pos += 4;
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
+        for _ in 0..n {
+            let (_, used) = get_varint(&body[pos..end])
+                .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;
+            pos += used + 8;
+            if pos > end {
+                return Err(malformed(HEADER_BYTES + pos, "truncated value"));
+            }
+        }
+        if pos != end {
+            return Err(malformed(HEADER_BYTES + pos, "samples length mismatch"));
+        }
+    }
+    if pos != body.len() {
+        return Err(malformed(HEADER_BYTES + pos, "trailing bytes"));
+    }
+    Ok(BatchView {
+        body,
+        series_count,
+        sample_count,
+    })
+}
+
+fn malformed(offset: usize, reason: &'static str) -> Error {
+    Error::BatchMalformed { offset, reason }
+}
+
+impl<'a> BatchView<'a> {
+    pub fn series_count(&self) -> usize {
+        self.series_count as usize
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.sample_count
+    }
+
+    pub fn series(&self) -> SeriesIter<'a> {
+        SeriesIter {
+            body: self.body,
+            pos: 0,
+            left: self.series_count,
+        }
+    }
+}
+
+/// One series of a batch.
+#[derive(Clone, Debug)]
+pub struct SeriesView<'a> {
+    /// The canonical key bytes (what the index interns).
+    pub key_bytes: &'a [u8],
+    pub samples: SampleIter<'a>,
+}
+
+impl<'a> SeriesView<'a> {
+    /// The series key (validated by [`decode`]; parsed on demand because
+    /// the ingest path only needs the bytes of known series).
+    pub fn key(&self) -> KeyRef<'a> {
+        KeyRef::parse(self.key_bytes).unwrap_or(KeyRef::EMPTY)
+    }
+}
+
+pub struct SeriesIter<'a> {
+    body: &'a [u8],
+    pos: usize,
+    left: u32,
+}
+
+impl<'a> Iterator for SeriesIter<'a> {
+    type Item = SeriesView<'a>;
+    fn next(&mut self) -> Option<SeriesView<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The batch was validated by `decode`; a failure ends iteration.
+        let rest = self.body.get(self.pos..)?;
+        let key_len = crate::series::key_len(rest)?;
+        let (n, used) = get_varint(&rest[key_len..])?;
+        let len_at = key_len + used;
+        let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
+        let samples_start = len_at + 4;
+        let it = SampleIter {
+            bytes: rest.get(samples_start..samples_start + len)?,
+            pos: 0,
+            left: n,
+            prev: 0,
+        };
+        self.pos += samples_start + len;
+        Some(SeriesView {
+            key_bytes: &rest[..key_len],
+            samples: it,
+        })
+    }
+}
+
+/// The samples of one series in a batch, in batch order.
+#[derive(Clone, Debug)]
+pub struct SampleIter<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    left: u64,
+    prev: i64,
+}
+
+impl SampleIter<'_> {
+    pub fn len(&self) -> usize {
+        self.left as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl Iterator for SampleIter<'_> {
+    type Item = (i64, f64);
+    #[inline]
+    fn next(&mut self) -> Option<(i64, f64)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let (d, used) = get_varint(self.bytes.get(self.pos..)?)?;
+        let p = self.pos + used;
+        let raw: [u8; 8] = self.bytes.get(p..p + 8)?.try_into().ok()?;
+        self.pos = p + 8;
+        self.prev = self.prev.wrapping_add(unzigzag(d));
+        Some((self.prev, f64::from_bits(u64::from_le_bytes(raw))))
+    }
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline]
+fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        if i == 9 && b > 1 {
+            return None;
+        }
+        v |= ((b & 0x7f) as u64) << (7 * i);
+        if b < 0x80 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    type Owned = Vec<(SeriesKey, Vec<(i64, f64)>)>;
+
+    fn round_trip(input: &Owned) -> Owned {
+        let mut bytes = Vec::new();
+        encode(input.iter().map(|(k, s)| (k, s.as_slice())), &mut bytes);
+        let view = decode(&bytes).unwrap();
+        assert_eq!(
+            view.series_count(),
+            input.iter().filter(|s| !s.1.is_empty()).count()
+        );
+        view.series()
+            .map(|s| (s.key().to_owned_key(), s.samples.collect()))
+            .collect()
+    }
+
+    fn check(input: Owned) {
+        let expected: Owned = input.iter().filter(|s| !s.1.is_empty()).cloned().collect();
+        let got = round_trip(&input);
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g.0, e.0);
+            let bits =
+                |v: &[(i64, f64)]| v.iter().map(|(t, v)| (*t, v.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&g.1), bits(&e.1));
+        }
+    }
+
+    fn key(r: &str, m: &str) -> SeriesKey {
+        SeriesKey::new(r, m, &[("dc", "eu")]).unwrap()
+    }
+
+    #[test]
+    fn batches_round_trip() {
+        check(vec![]);
+        check(vec![(
+            key("vm1", "cpu"),
+            vec![(1, 0.5), (0, f64::NAN), (i64::MIN, -0.0)],
+        )]);
+        check(vec![
+            (key("vm1", "cpu"), vec![(i64::MAX, f64::INFINITY)]),
+            (key("vm2", "cpu"), vec![]),
+            (key("vm1", "cpu"), vec![(5, 1.0)]),
+        ]);
+    }
+
+    #[test]
+    fn builder_groups_by_series() {
+        let mut b = BatchBuilder::new();
+        for round in 0..2 {
+            b.push("vm1", "cpu", &[], 10, 1.0).unwrap();
+            b.push("vm2", "cpu", &[("a", "1")], 10, 2.0).unwrap();
+            b.push("vm1", "cpu", &[], 20, 3.0).unwrap();
+            assert!(b
+                .push("vm1", "cpu", &[("b", "1"), ("a", "1")], 20, 3.0)
+                .is_err());
+            let mut bytes = vec![0xEE]; // encode appends
+            b.encode(&mut bytes);
+            let view = decode(&bytes[1..]).unwrap();
+            assert_eq!(
+                (view.series_count(), view.sample_count()),
+                (2, 3),
+                "round {round}"
+            );
+            let first = view.series().next().unwrap();
+            assert_eq!(first.key().resource, "vm1");
+            assert_eq!(
+                first.samples.collect::<Vec<_>>(),
+                vec![(10, 1.0), (20, 3.0)]
+            );
+            b.clear();
+            assert!(b.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_batches_are_errors() {
+        let mut bytes = Vec::new();
+        encode(
+            [(&key("vm1", "cpu"), &[(1i64, 2.0f64), (3, 4.0)][..])],
+            &mut bytes,
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(decode(&extra).is_err());
+        let mut version = bytes.clone();
+        version[1] = 9;
+        assert!(matches!(decode(&version), Err(Error::BatchVersion(9))));
+    }
+
+    fn arb_batch() -> impl Strategy<Value = Owned> {
+        let key = (
+            "[a-c]{0,3}",
+            "[a-c]{0,3}",
+            proptest::collection::vec(("[x-z]{1,2}", "[0-9]{0,2}"), 0..3),
+        )
+            .prop_map(|(r, m, tags)| {
+                let tags: Vec<(&str, &str)> =
+                    tags.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                SeriesKey::new(&r, &m, &tags).unwrap()
+            });
+        let samples = proptest::collection::vec((any::<i64>(), any::<f64>()), 0..20);
+        proptest::collection::vec((key, samples), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn any_batch_round_trips(input in arb_batch()) {
+            check(input);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(view) = decode(&bytes) {
+                let n: usize = view.series().map(|s| s.samples.count()).sum();
+                prop_assert_eq!(n, view.sample_count());
+            }
+        }
+
+        #[test]
+        fn mutated_batches_never_panic(input in arb_batch(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut bytes = Vec::new();
+            encode(input.iter().map(|(k, s)| (k, s.as_slice())), &mut bytes);
+            let i = at.index(bytes.len());
+            bytes[i] = byte;
+            if let Ok(view) = decode(&bytes) {
+                let n: usize = view.series().map(|s| s.samples.count()).sum();
+                prop_assert_eq!(n, view.sample_count());
+            }
+        }
+    }
+}
+
+/// Splits a batch into one batch per group (the gateway groups by
+/// partition), copying each series' encoded bytes as they are.
+pub fn split(
+    view: &BatchView<'_>,
+    mut group_of: impl FnMut(&KeyRef<'_>) -> u32,
+) -> Vec<(u32, Vec<u8>)> {
+    let mut groups: Vec<(u32, Vec<u8>, u32)> = Vec::new();
+    let mut index: HashMap<u32, usize> = HashMap::new();
+    let mut it = view.series();
+    loop {
+        let start = it.pos;
+        let Some(series) = it.next() else { break };
+        let raw = &view.body[start..it.pos];
+        let group = group_of(&series.key());
+        let slot = *index.entry(group).or_insert_with(|| {
+            groups.push((group, vec![MAGIC, VERSION, 0, 0, 0, 0], 0));
+            groups.len() - 1
+        });
+        let (_, buf, count) = &mut groups[slot];
+        buf.extend_from_slice(raw);
+        *count += 1;
+    }
+    groups
+        .into_iter()
+        .map(|(group, mut buf, count)| {
+            buf[2..HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
+            (group, buf)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_sample_in_its_group() {
+        let mut b = BatchBuilder::new();
+        for r in 0..20 {
+            for m in 0..3 {
+                for t in 0..4 {
+                    b.push(
+                        &format!("vm{r}"),
+                        &format!("m{m}"),
+                        &[("k", "v")],
+                        t * 1000 - 1500,
+                        r as f64 + t as f64 / 8.0,
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let mut bytes = Vec::new();
+        b.encode(&mut bytes);
+        let view = decode(&bytes).unwrap();
+        let group_of =
+            |k: &KeyRef<'_>| k.resource.len() as u32 + k.resource.as_bytes()[2] as u32 % 3;
+        let groups = split(&view, group_of);
+        let mut seen = Vec::new();
+        for (g, part) in &groups {
+            let v = decode(part).unwrap();
+            for s in v.series() {
+                assert_eq!(group_of(&s.key()), *g);
+                for (t, x) in s.samples.clone() {
+                    seen.push((
+                        s.key().resource.to_string(),
+                        s.key().metric.to_string(),
+                        t,
+                        x.to_bits(),
+                    ));
+                }
+            }
+        }
+        let mut want = Vec::new();
+        for s in view.series() {
+            for (t, x) in s.samples.clone() {
+                want.push((
+                    s.key().resource.to_string(),
+                    s.key().metric.to_string(),
+                    t,
+                    x.to_bits(),
+                ));
+            }
+        }
+        seen.sort();
+        want.sort();
+        assert_eq!(seen, want);
+        assert_eq!(want.len(), 240);
+    }
+}

@@ -1,0 +1,527 @@
+//! A partition: its log, its series in memory, and its sealed chunk files; `&self` methods, internally synchronized.
+//!
+//! Lock order: `log` (a mutex) then `state` (a read-write lock). Writers
+//! hold both, so memory applies records in LSN order; readers only take
+//! `state` for reading.
+//!
+//! Files, under the partition's directory:
+//! - `log/`: the fsdb partition log; each record's payload is one batch;
+//! - `chunks/<covered_lsn>.chunk`: sealed chunk files, in seal order;
+//! - `stats`: the rejected-sample counter as of the newest chunk file (the
+//!   log records it covers are trimmed, so replay cannot recount them).
+//!
+//! Seal policy: [`Partition::seal`] writes *every* unsealed sample (head
+//! chunks and overlays) into one chunk file whose `covered_lsn` is the last
+//! LSN, then trims the log before it. [`Partition::seal_due`] says when it is
+//! time: the head holds at least `SealPolicy::head_samples_max` samples, or
+//! its oldest unsealed sample is `SealPolicy::head_span_ms` (default 2 h)
+//! older than the newest. Sealing everything keeps one simple invariant:
+//! memory = chunk files (up to `covered_lsn`) + the log after it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use fsdb::{Backend, ChunkFile, ChunkFileWriter, LogConfig, Lsn, PartitionLog, Term};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use crate::batch::{self, BatchBuilder};
+use crate::error::{Error, Result};
+use crate::head::{Runs, SealedRef};
+use crate::memory::{Memory, WriteCounts};
+use crate::series::KeyRef;
+use crate::PartitionId;
+
+/// When a partition's head is due to be sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealPolicy {
+    pub head_samples_max: u64,
+    pub head_span_ms: i64,
+}
+
+impl Default for SealPolicy {
+    fn default() -> SealPolicy {
+        SealPolicy {
+            head_samples_max: 4 << 20,
+            head_span_ms: 2 * 3600 * 1000,
+        }
+    }
+}
+
+/// What a partition needs from its store.
+#[derive(Clone)]
+pub struct PartitionConfig {
+    pub backend: Arc<dyn Backend>,
+    pub log: LogConfig,
+    pub ooo_window_ms: i64,
+    pub seal: SealPolicy,
+}
+
+/// A partition's counters and sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub series: u64,
+    /// Samples accepted since the partition was created (or installed).
+    pub accepted: u64,
+    /// Samples rejected as older than the out-of-order window.
+    pub rejected: u64,
+    /// Samples in head chunks and overlays (not yet sealed).
+    pub head_samples: u64,
+    /// Heap bytes of head chunks and overlays.
+    pub head_bytes: u64,
+    /// Heap bytes of the index: keys, per-series bookkeeping, hash tables, postings.
+    pub index_bytes: u64,
+    pub chunk_files: u64,
+    pub log_disk_bytes: u64,
+    pub last_lsn: Lsn,
+    pub covered_lsn: Lsn,
+    /// Sealed chunks that failed their checksum on read (never served).
+    pub corrupt_reads: u64,
+}
+
+pub(crate) struct State {
+    pub mem: Memory,
+    pub files: Vec<ChunkFile>,
+    pub covered: Lsn,
+    /// Rejections counted before `covered` (persisted in `stats`).
+    rejected_sealed: u64,
+    pub corrupt_reads: std::sync::atomic::AtomicU64,
+    /// Bumped whenever the state is rebuilt (series ids change meaning).
+    pub generation: u64,
+}
+
+pub struct Partition {
+    id: PartitionId,
+    dir: PathBuf,
+    config: PartitionConfig,
+    log: Mutex<PartitionLog>,
+    pub(crate) state: RwLock<State>,
+}
+
+/// Largest batch a snapshot produces, in samples.
+const SNAPSHOT_BATCH_SAMPLES: usize = 1 << 16;
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`: maps its chunk files and
+    /// replays the log after them.
+    pub fn open(id: PartitionId, dir: &Path, config: PartitionConfig) -> Result<Partition> {
+        let log = PartitionLog::open(config.backend.clone(), &dir.join("log"), config.log.clone())?;
+        let partition = Partition {
+            id,
+            dir: dir.to_path_buf(),
+            log: Mutex::new(log),
+            state: RwLock::new(State::empty()),
+            config,
+        };
+        {
+            let log = partition.log.lock().expect("log lock");
+            let state = partition.load(&log)?;
+            *partition.state.write().expect("state lock") = state;
+        }
+        Ok(partition)
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    fn chunk_dir(&self) -> PathBuf {
+        self.dir.join("chunks")
+    }
+
+    /// Builds the memory state from the chunk files and the log.
+    fn load(&self, log: &PartitionLog) -> Result<State> {
+        let backend = &*self.config.backend;
+        let chunk_dir = self.chunk_dir();
+        backend.create_dir_all(&chunk_dir)?;
+        let mut state = State::empty();
+        for name in backend.list_dir(&chunk_dir)? {
+            if !name.ends_with(fsdb::chunkfile::CHUNK_FILE_SUFFIX) {
+                continue;
+            }
+            let file = ChunkFile::open(backend, &chunk_dir.join(&name))?;
+            state.add_file(file)?;
+        }
+        state.rejected_sealed = self.read_stats(state.covered)?;
+        state.mem.counts.rejected = state.rejected_sealed;
+        let from = Lsn(state.covered.0 + 1);
+        if from < log.first_lsn() {
+            // The log was trimmed (or reset) past what the chunk files hold:
+            // records are missing, e.g. a full copy that did not finish.
+            return Err(Error::PartitionCorrupted(self.id));
+        }
+        for record in log.read_from(from.min(Lsn(log.last_lsn().0 + 1)))? {
+            let record = record?;
+            let view =
+                batch::decode(record.payload).map_err(|_| Error::PartitionCorrupted(self.id))?;
+            state.mem.apply(&view, self.config.ooo_window_ms);
+        }
+        Ok(state)
+    }
+
+    fn stats_path(&self) -> PathBuf {
+        self.dir.join("stats")
+    }
+
+    /// The rejected counter persisted with the chunk file covering `covered`.
+    fn read_stats(&self, covered: Lsn) -> Result<u64> {
+        if covered == Lsn(0) {
+            return Ok(0);
+        }
+        let map = match self.config.backend.open_read(&self.stats_path()) {
+            Ok(map) => map,
+            Err(fsdb::Error::NotFound { .. }) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let bytes = map.bytes();
+        if bytes.len() != 16 {
+            return Err(Error::PartitionCorrupted(self.id));
+        }
+        let at = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let rejected = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+        // Stats written for an older chunk file (a crash between the file
+        // and its stats) are still a lower bound; newer ones cannot exist.
+        Ok(if at <= covered.0 { rejected } else { 0 })
+    }
+
+    /// Primary write: validates `batch`, appends it to the log with the next
+    /// LSN, then applies it to memory.
+    pub fn append(&self, term: Term, batch: &[u8]) -> Result<Lsn> {
+        let view = batch::decode(batch)?;
+        let mut log = self.log.lock().expect("log lock");
+        let lsn = log.append(term, batch)?;
+        let mut state = self.state.write().expect("state lock");
+        state.mem.apply(&view, self.config.ooo_window_ms);
+        Ok(lsn)
+    }
+
+    /// Replica write: `append_at` then memory. An LSN at or before the last
+    /// one is a duplicate delivery and is skipped (returns false).
+    pub fn apply_replicated(&self, lsn: Lsn, term: Term, batch: &[u8]) -> Result<bool> {
+        let view = batch::decode(batch)?;
+        let mut log = self.log.lock().expect("log lock");
+        if lsn <= log.last_lsn() {
+            return Ok(false);
+        }
+        log.append_at(lsn, term, batch)?;
+        let mut state = self.state.write().expect("state lock");
+        state.mem.apply(&view, self.config.ooo_window_ms);
+        Ok(true)
+    }
+
+    /// Makes every appended record durable.
+    pub fn sync(&self) -> Result<()> {
+        self.log.lock().expect("log lock").sync()?;
+        Ok(())
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.log.lock().expect("log lock").last_lsn()
+    }
+
+    pub fn last_term(&self) -> Term {
+        self.log.lock().expect("log lock").last_term()
+    }
+
+    /// First LSN of each term, oldest first (for divergence detection).
+    pub fn term_history(&self) -> Vec<(Term, Lsn)> {
+        self.log.lock().expect("log lock").term_history().to_vec()
+    }
+
+    /// Records from `from` on, up to about `max_bytes` of payload (at least
+    /// one record when there is one). `TrimmedAway` when the log no longer
+    /// reaches back to `from`: the peer needs a full copy.
+    pub fn read_log(&self, from: Lsn, max_bytes: usize) -> Result<Vec<(Lsn, Term, Vec<u8>)>> {
+        let log = self.log.lock().expect("log lock");
+        if from.0 > log.last_lsn().0 {
+            return Ok(Vec::new());
+        }
+        let reader = log.read_from(from).map_err(|e| match e {
+            fsdb::Error::TrimmedAway { lsn, first, .. } => Error::TrimmedAway {
+                partition: self.id,
+                lsn: lsn.0,
+                first: first.0,
+            },
+            e => e.into(),
+        })?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for record in reader {
+            let record = record?;
+            if !out.is_empty() && bytes + record.payload.len() > max_bytes {
+                break;
+            }
+            bytes += record.payload.len();
+            out.push((record.lsn, record.term, record.payload.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Drops the log after `lsn` (a divergent suffix) and rebuilds memory
+    /// from what remains. A suffix already sealed into a chunk file cannot be
+    /// dropped: that is `NeedsFullCopy`.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
+        let mut log = self.log.lock().expect("log lock");
+        if lsn >= log.last_lsn() {
+            return Ok(());
+        }
+        let covered = self.state.read().expect("state lock").covered;
+        if lsn < covered {
+            return Err(Error::NeedsFullCopy {
+                partition: self.id,
+                lsn: lsn.0,
+                covered: covered.0,
+            });
+        }
+        log.truncate_after(lsn)?;
+        let mut fresh = self.load(&log)?;
+        let mut state = self.state.write().expect("state lock");
+        fresh.generation = state.generation + 1;
+        *state = fresh;
+        Ok(())
+    }
+
+    /// Is the head due to be sealed under the partition's policy?
+    pub fn seal_due(&self) -> bool {
+        let state = self.state.read().expect("state lock");
+        let policy = self.config.seal;
+        let mut samples = 0u64;
+        let (mut oldest, mut newest) = (i64::MAX, i64::MIN);
+        for s in &state.mem.series {
+            samples += s.head.len() as u64 + s.overlay.as_ref().map_or(0, |o| o.len() as u64);
+            if let Some((first, last)) = s.head.first_ts().zip(s.head.last_ts()) {
+                oldest = oldest.min(first);
+                newest = newest.max(last);
+            }
+            if let Some(o) = &s.overlay {
+                oldest = oldest.min(o.keys().next().copied().unwrap_or(i64::MAX));
+            }
+        }
+        samples >= policy.head_samples_max
+            || (samples > 0 && newest.saturating_sub(oldest) >= policy.head_span_ms)
+    }
+
+    /// Writes every unsealed sample into a new chunk file covering the last
+    /// LSN, then trims the log before it. Returns the number of chunks written.
+    pub fn seal(&self) -> Result<usize> {
+        let mut log = self.log.lock().expect("log lock");
+        let mut state = self.state.write().expect("state lock");
+        let covered = log.last_lsn();
+        if covered <= state.covered || !state.mem.series.iter().any(|s| s.has_unsealed()) {
+            return Ok(0);
+        }
+        let mut writer = ChunkFileWriter::new(self.id.0, covered);
+        let mut runs = Runs::default();
+        for s in &state.mem.series {
+            if !s.has_unsealed() {
+                continue;
+            }
+            runs.clear();
+            s.read_unsealed(i64::MIN, i64::MAX, &mut runs);
+            let samples = runs.finish();
+            let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+                continue;
+            };
+            let (min_ts, max_ts) = (first.0, last.0);
+            if s.overlay.is_none() {
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    s.head.len() as u32,
+                    s.head.bytes(),
+                )?;
+            } else {
+                let mut enc = fsdb::codec::ChunkEncoder::new();
+                for &(t, v) in samples {
+                    enc.push(t, v);
+                }
+                writer.add(
+                    state.mem.key(s),
+                    min_ts,
+                    max_ts,
+                    samples.len() as u32,
+                    enc.bytes(),
+                )?;
+            }
+        }
+        let chunks = writer.len();
+        let path = self.chunk_dir().join(format!(
+            "{:020}{}",
+            covered.0,
+            fsdb::chunkfile::CHUNK_FILE_SUFFIX
+        ));
+        writer.finish(&*self.config.backend, &path)?;
+        let file = ChunkFile::open(&*self.config.backend, &path)?;
+        let mut stats = covered.0.to_le_bytes().to_vec();
+        stats.extend_from_slice(&state.mem.counts.rejected.to_le_bytes());
+        self.config.backend.write_file(&self.stats_path(), &stats)?;
+        state.add_file(file)?;
+        state.rejected_sealed = state.mem.counts.rejected;
+        for s in &mut state.mem.series {
+            if s.has_unsealed() {
+                s.head = fsdb::codec::ChunkEncoder::new();
+                s.overlay = None;
+            }
+        }
+        log.trim_before(Lsn(covered.0 + 1))?;
+        Ok(chunks)
+    }
+
+    /// A full copy: the last LSN and term, and the logical data as batches.
+    pub fn snapshot(&self) -> Result<(Lsn, Term, Vec<Vec<u8>>)> {
+        let log = self.log.lock().expect("log lock");
+        let state = self.state.read().expect("state lock");
+        let mut batches = Vec::new();
+        let mut builder = BatchBuilder::new();
+        let mut runs = Runs::default();
+        for s in &state.mem.series {
+            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+            let key = KeyRef::parse(state.mem.key(s))?.to_owned_key();
+            for &(t, v) in runs.finish() {
+                if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
+                    let mut out = Vec::new();
+                    builder.encode(&mut out);
+                    batches.push(out);
+                    builder.clear();
+                }
+                builder.push_key(&key, t, v)?;
+            }
+        }
+        if !builder.is_empty() {
+            let mut out = Vec::new();
+            builder.encode(&mut out);
+            batches.push(out);
+        }
+        Ok((log.last_lsn(), log.last_term(), batches))
+    }
+
+    /// Replaces everything by a full copy at (`lsn`, `term`), sealed at once
+    /// so that it is durable. Used by `Store::install_snapshot`.
+    pub(crate) fn install(&self, lsn: Lsn, term: Term, batches: &[Vec<u8>]) -> Result<()> {
+        let views = batches
+            .iter()
+            .map(|b| batch::decode(b))
+            .collect::<Result<Vec<_>>>()?;
+        let mut log = self.log.lock().expect("log lock");
+        log.reset(Lsn(lsn.0 + 1), term)?;
+        {
+            let mut state = self.state.write().expect("state lock");
+            for v in &views {
+                state.mem.apply(v, i64::MAX);
+            }
+            state.mem.counts = WriteCounts::default();
+        }
+        drop(log);
+        self.seal()?;
+        Ok(())
+    }
+
+    /// An order-independent digest of the logical data: (series, timestamp,
+    /// value bits) after overwrites. Equal data gives equal digests.
+    pub fn digest(&self) -> u64 {
+        let state = self.state.read().expect("state lock");
+        let mut runs = Runs::default();
+        let mut acc = 0u64;
+        for s in &state.mem.series {
+            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+            let seed = xxh3_64(state.mem.key(s));
+            for &(t, v) in runs.finish() {
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&t.to_le_bytes());
+                b[8..].copy_from_slice(&v.to_bits().to_le_bytes());
+                acc = acc.wrapping_add(xxh3_64_with_seed(&b, seed));
+            }
+        }
+        acc
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let log = self.log.lock().expect("log lock");
+        let state = self.state.read().expect("state lock");
+        PartitionStats {
+            series: state.mem.series.len() as u64,
+            accepted: state.mem.counts.accepted,
+            rejected: state.mem.counts.rejected,
+            head_samples: state.mem.head_samples() as u64,
+            head_bytes: state.mem.sample_bytes() as u64,
+            index_bytes: state.mem.index_bytes() as u64,
+            chunk_files: state.files.len() as u64,
+            log_disk_bytes: log.disk_bytes(),
+            last_lsn: log.last_lsn(),
+            covered_lsn: state.covered,
+            corrupt_reads: state
+                .corrupt_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl State {
+    fn empty() -> State {
+        State {
+            mem: Memory::default(),
+            files: Vec::new(),
+            covered: Lsn(0),
+            rejected_sealed: 0,
+            corrupt_reads: Default::default(),
+            generation: 0,
+        }
+    }
+
+    /// Registers a chunk file (files come in seal order).
+    fn add_file(&mut self, file: ChunkFile) -> Result<()> {
+        let idx = self.files.len() as u32;
+        for meta in file.chunks() {
+            let key = KeyRef::parse(meta.series_key).map_err(|_| fsdb::Error::Corrupted {
+                dir: file.path().to_path_buf(),
+                file: String::new(),
+                offset: meta.offset,
+                reason: "bad series key".into(),
+            })?;
+            let id = self.mem.intern(meta.series_key, || key);
+            let series = &mut self.mem.series[id as usize];
+            series.newest = series.newest.max(meta.max_ts);
+            match series.sealed.last_mut() {
+                Some(r) if r.file == idx => {
+                    r.min_ts = r.min_ts.min(meta.min_ts);
+                    r.max_ts = r.max_ts.max(meta.max_ts);
+                }
+                _ => series.sealed.push(SealedRef {
+                    file: idx,
+                    min_ts: meta.min_ts,
+                    max_ts: meta.max_ts,
+                }),
+            }
+        }
+        self.covered = self.covered.max(file.covered_lsn());
+        self.files.push(file);
+        Ok(())
+    }
+
+    /// Reads one series' samples in `start..=end` into `runs` (call
+    /// `runs.finish()` for the merged result). Sealed chunks that fail their
+    /// checksum are skipped and counted, never served.
+    pub fn read_series(&self, s: &crate::head::Series, start: i64, end: i64, runs: &mut Runs) {
+        runs.clear();
+        for r in &s.sealed {
+            if r.max_ts < start || r.min_ts > end {
+                continue;
+            }
+            let file = &self.files[r.file as usize];
+            for chunk in file.read(self.mem.key(s), start, end) {
+                runs.begin();
+                let ok = chunk.ok().is_some_and(|(_, bytes)| {
+                    fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok()
+                });
+                if !ok {
+                    let from = runs.run_start();
+                    runs.samples.truncate(from);
+                    self.corrupt_reads
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                runs.end_filtered(start, end);
+            }
+        }
+        s.read_unsealed(start, end, runs);
+    }
+}

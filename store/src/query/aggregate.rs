@@ -1,0 +1,291 @@
+//! Aggregation operators (sum, avg, min, max, count, group, stddev, stdvar, quantile, topk, bottomk, count_values) with `by` / `without`.
+
+use std::collections::HashMap;
+
+use promql_parser::parser::{AggregateExpr, LabelModifier};
+
+use super::eval::{check_unique, Ctx, Elem, Val};
+use super::functions::{kahan_inc, quantile, Mean};
+use super::{QueryError, Result};
+use crate::source::{Labels, METRIC_LABEL};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Count,
+    Group,
+    Stddev,
+    Stdvar,
+    Quantile,
+    Topk,
+    Bottomk,
+    CountValues,
+}
+
+fn op(name: &str) -> Result<Op> {
+    Ok(match name {
+        "sum" => Op::Sum,
+        "avg" => Op::Avg,
+        "min" => Op::Min,
+        "max" => Op::Max,
+        "count" => Op::Count,
+        "group" => Op::Group,
+        "stddev" => Op::Stddev,
+        "stdvar" => Op::Stdvar,
+        "quantile" => Op::Quantile,
+        "topk" => Op::Topk,
+        "bottomk" => Op::Bottomk,
+        "count_values" => Op::CountValues,
+        other => {
+            return Err(QueryError::Unsupported(format!(
+                "unsupported aggregation: {other}"
+            )))
+        }
+    })
+}
+
+/// One output group's running state.
+struct Group {
+    labels: Labels,
+    count: f64,
+    value: f64,
+    kahan: f64,
+    mean: Mean,
+    /// Welford's running mean for stddev / stdvar.
+    welford_mean: f64,
+    values: Vec<f64>,
+    elems: Vec<Elem>,
+}
+
+impl Group {
+    fn new(labels: Labels) -> Group {
+        Group {
+            labels,
+            count: 0.0,
+            value: 0.0,
+            kahan: 0.0,
+            mean: Mean::default(),
+            welford_mean: 0.0,
+            values: Vec::new(),
+            elems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, op: Op, e: &Elem) {
+        let v = e.value;
+        self.count += 1.0;
+        let first = self.count == 1.0;
+        match op {
+            Op::Sum => (self.value, self.kahan) = kahan_inc(v, self.value, self.kahan),
+            Op::Avg => self.mean.add(v),
+            Op::Min => {
+                if first || self.value > v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            Op::Max => {
+                if first || self.value < v || self.value.is_nan() {
+                    self.value = v;
+                }
+            }
+            Op::Stddev | Op::Stdvar => {
+                let delta = v - self.welford_mean;
+                self.welford_mean += delta / self.count;
+                self.value += delta * (v - self.welford_mean);
+            }
+            Op::Quantile => self.values.push(v),
+            Op::Topk | Op::Bottomk => self.elems.push(e.clone()),
+            Op::Count | Op::Group | Op::CountValues => {}
+        }
+    }
+
+    fn result(&mut self, op: Op, q: f64) -> f64 {
+        match op {
+            Op::Sum => self.value + self.kahan,
+            Op::Avg => self.mean.value(),
+            Op::Min | Op::Max => self.value,
+            Op::Count => self.count,
+            Op::Group => 1.0,
+            Op::Stdvar => self.value / self.count,
+            Op::Stddev => (self.value / self.count).sqrt(),
+            Op::Quantile => quantile(q, &mut self.values),
+            Op::Topk | Op::Bottomk | Op::CountValues => f64::NAN,
+        }
+    }
+}
+
+/// The labels identifying an element's group.
+fn group_labels(l: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+    let pairs = match modifier {
+        None => return Labels::default(),
+        Some(LabelModifier::Include(by)) => l
+            .iter()
+            .filter(|(n, _)| by.labels.iter().any(|b| b == n))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        Some(LabelModifier::Exclude(without)) => l
+            .iter()
+            .filter(|(n, _)| *n != METRIC_LABEL && !without.labels.iter().any(|b| b == n))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    };
+    Labels::new(pairs)
+}
+
+pub(crate) fn aggregate(ctx: &Ctx, a: &AggregateExpr, t: i64) -> Result<Val> {
+    let op = op(&a.op.to_string())?;
+    let param = match &a.param {
+        None => None,
+        Some(p) => Some(ctx.eval(p, t)?),
+    };
+    let input = match ctx.eval(&a.expr, t)? {
+        Val::Vector(v) => v,
+        _ => {
+            return Err(QueryError::Execution(
+                "aggregation needs an instant vector".into(),
+            ))
+        }
+    };
+    let modifier = a.modifier.as_ref();
+    match op {
+        Op::Topk | Op::Bottomk => top(op, &input, modifier, param_k(param)?),
+        Op::CountValues => count_values(&input, modifier, param),
+        _ => {
+            let q = match param {
+                Some(Val::Scalar(q)) => q,
+                _ if op == Op::Quantile => {
+                    return Err(QueryError::Execution(
+                        "quantile needs a scalar parameter".into(),
+                    ))
+                }
+                _ => 0.0,
+            };
+            let mut groups = grouped(&input, modifier, op);
+            Ok(Val::Vector(
+                groups
+                    .iter_mut()
+                    .map(|g| {
+                        let v = g.result(op, q);
+                        Elem::new(std::mem::take(&mut g.labels), v)
+                    })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+/// Groups in first-seen order, as Prometheus outputs them.
+fn grouped(input: &[Elem], modifier: Option<&LabelModifier>, op: Op) -> Vec<Group> {
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    for e in input {
+        let key = group_labels(&e.labels, modifier);
+        let i = match index.get(&key) {
+            Some(&i) => i,
+            None => {
+                index.insert(key.clone(), groups.len());
+                groups.push(Group::new(key));
+                groups.len() - 1
+            }
+        };
+        groups[i].add(op, e);
+    }
+    groups
+}
+
+fn param_k(param: Option<Val>) -> Result<i64> {
+    match param {
+        Some(Val::Scalar(k)) if k.is_nan() => {
+            Err(QueryError::Execution("parameter value is NaN".into()))
+        }
+        Some(Val::Scalar(k)) if k >= i64::MAX as f64 || k <= i64::MIN as f64 => Err(
+            QueryError::Execution(format!("scalar value {k} overflows int64")),
+        ),
+        Some(Val::Scalar(k)) => Ok(k as i64),
+        _ => Err(QueryError::Execution(
+            "topk and bottomk need a scalar parameter".into(),
+        )),
+    }
+}
+
+/// topk / bottomk: the k largest (smallest) elements of each group with
+/// their labels kept; NaN ranks last, and among equal values the earlier
+/// element wins, as with Prometheus' heap.
+fn top(op: Op, input: &[Elem], modifier: Option<&LabelModifier>, k: i64) -> Result<Val> {
+    if k < 1 {
+        return Ok(Val::Vector(Vec::new()));
+    }
+    let k = usize::try_from(k).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for mut g in grouped(input, modifier, op) {
+        g.elems
+            .sort_by(|a, b| match (a.value.is_nan(), b.value.is_nan()) {
+                (true, true) => std::cmp::Ordering::Equal,
+                (true, false) => std::cmp::Ordering::Greater,
+                (false, true) => std::cmp::Ordering::Less,
+                (false, false) if op == Op::Topk => b.value.total_cmp(&a.value),
+                (false, false) => a.value.total_cmp(&b.value),
+            });
+        g.elems.truncate(k);
+        out.append(&mut g.elems);
+    }
+    Ok(Val::Vector(out))
+}
+
+/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+pub(crate) fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// count_values("label", v): per group, how many elements have each value.
+fn count_values(
+    input: &[Elem],
+    modifier: Option<&LabelModifier>,
+    param: Option<Val>,
+) -> Result<Val> {
+    let Some(Val::Str(label)) = param else {
+        return Err(QueryError::Execution(
+            "count_values needs a string parameter".into(),
+        ));
+    };
+    if !valid_label_name(&label) {
+        return Err(QueryError::Execution(format!(
+            "invalid label name {label:?}"
+        )));
+    }
+    let mut index: HashMap<Labels, usize> = HashMap::new();
+    let mut out: Vec<Elem> = Vec::new();
+    for e in input {
+        let mut pairs = group_labels(&e.labels, modifier).into_pairs();
+        pairs.push((label.clone(), format_value(e.value)));
+        let key = Labels::new(pairs);
+        match index.get(&key) {
+            Some(&i) => out[i].value += 1.0,
+            None => {
+                index.insert(key.clone(), out.len());
+                out.push(Elem::new(key, 1.0));
+            }
+        }
+    }
+    check_unique(&out)?;
+    Ok(Val::Vector(out))
+}

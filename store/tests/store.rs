@@ -1,0 +1,548 @@
+//! The store against a `BTreeMap` model, across seals, reopens, truncation and full copies.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use fsdb::{LogConfig, MemBackend};
+use proptest::prelude::*;
+use store::batch;
+use store::{
+    Error, Lsn, MatchOp, Matcher, PartitionId, SealPolicy, SeriesData, SeriesKey, Source, Store,
+    StoreConfig, Term,
+};
+
+const WINDOW_MS: i64 = 10;
+const P: PartitionId = PartitionId(7);
+
+fn keys() -> Vec<SeriesKey> {
+    vec![
+        SeriesKey::new("vm1", "cpu", &[]).unwrap(),
+        SeriesKey::new("vm1", "mem", &[("dc", "eu")]).unwrap(),
+        SeriesKey::new("vm2", "cpu", &[("dc", "us")]).unwrap(),
+        SeriesKey::new("host.a", "cpu", &[("dc", "eu"), ("rack", "1")]).unwrap(),
+    ]
+}
+
+fn config(backend: Arc<MemBackend>) -> StoreConfig {
+    StoreConfig {
+        dir: PathBuf::from("/data"),
+        ooo_window_ms: WINDOW_MS,
+        log: LogConfig {
+            segment_bytes_min: 4096,
+            segment_bytes_max: 1 << 20,
+            record_bytes_max: 1 << 16,
+            write_ahead_bytes: 4096,
+        },
+        backend,
+        seal: SealPolicy::default(),
+    }
+}
+
+fn open(backend: &Arc<MemBackend>) -> Store {
+    let (store, report) = Store::open(config(backend.clone())).unwrap();
+    assert!(report.corrupted.is_empty(), "{report:?}");
+    store
+}
+
+/// A select's answer: labels and (timestamp, value bits), sorted.
+type Answer = Vec<(Vec<(String, String)>, Vec<(i64, u64)>)>;
+
+/// One write: (series index, timestamp, value).
+type Write = Vec<(usize, i64, f64)>;
+
+fn encode(writes: &Write) -> Vec<u8> {
+    let keys = keys();
+    let mut b = batch::BatchBuilder::new();
+    for &(k, ts, v) in writes {
+        b.push_key(&keys[k], ts, v).unwrap();
+    }
+    let mut out = Vec::new();
+    b.encode(&mut out);
+    out
+}
+
+/// The reference: what the store must hold.
+#[derive(Default, Clone)]
+struct Model {
+    data: BTreeMap<(usize, i64), u64>,
+    newest: HashMap<usize, i64>,
+    rejected: u64,
+}
+
+impl Model {
+    /// Applies a batch as the store does: series in first-appearance order,
+    /// each series' samples in order.
+    fn apply(&mut self, writes: &Write) {
+        let mut order: Vec<usize> = Vec::new();
+        for w in writes {
+            if !order.contains(&w.0) {
+                order.push(w.0);
+            }
+        }
+        for k in order {
+            for &(_, ts, v) in writes.iter().filter(|w| w.0 == k) {
+                let newest = self.newest.get(&k).copied().unwrap_or(i64::MIN);
+                if ts > newest {
+                    self.newest.insert(k, ts);
+                } else if ts < newest.saturating_sub(WINDOW_MS) {
+                    self.rejected += 1;
+                    continue;
+                }
+                self.data.insert((k, ts), v.to_bits());
+            }
+        }
+    }
+
+    fn select(&self, matchers: &[Matcher], start: i64, end: i64) -> Answer {
+        let keys = keys();
+        let mut out = Vec::new();
+        if start > end {
+            return out;
+        }
+        for (k, key) in keys.iter().enumerate() {
+            let labels = key.labels();
+            if !matchers.iter().all(|m| m.matches_labels(&labels)) {
+                continue;
+            }
+            let samples: Vec<(i64, u64)> = self
+                .data
+                .range((k, start)..=(k, end))
+                .map(|(&(_, t), &v)| (t, v))
+                .collect();
+            if !samples.is_empty() {
+                out.push((labels.into_pairs(), samples));
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+fn normalize(got: Vec<SeriesData>) -> Answer {
+    let mut out: Vec<_> = got
+        .into_iter()
+        .map(|s| {
+            (
+                s.labels.into_pairs(),
+                s.samples.iter().map(|(t, v)| (*t, v.to_bits())).collect(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn matcher_sets() -> Vec<Vec<Matcher>> {
+    let m = |n: &str, op, v: &str| Matcher::new(n, op, v).unwrap();
+    vec![
+        vec![],
+        vec![m("resource", MatchOp::Equal, "vm1")],
+        vec![
+            m("__name__", MatchOp::Equal, "cpu"),
+            m("dc", MatchOp::NotEqual, "eu"),
+        ],
+        vec![
+            m("__name__", MatchOp::Regex, "c.*|mem"),
+            m("resource", MatchOp::NotRegex, "vm2"),
+        ],
+        vec![
+            m("dc", MatchOp::Regex, "eu|us"),
+            m("rack", MatchOp::Equal, ""),
+        ],
+        vec![m("resource", MatchOp::Equal, "nope")],
+    ]
+}
+
+fn check_all(store: &Store, model: &Model) {
+    let p = store.partition(P).unwrap();
+    let source = store.source(&[P]);
+    for (i, matchers) in matcher_sets().iter().enumerate() {
+        for (start, end) in [(i64::MIN, i64::MAX), (0, 20), (15, 15), (30, 10)] {
+            assert_eq!(
+                normalize(source.select(matchers, start, end)),
+                model.select(matchers, start, end),
+                "matchers #{i} in {start}..={end}"
+            );
+        }
+    }
+    assert_eq!(p.stats().rejected, model.rejected);
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(Write),
+    Seal,
+    Reopen,
+    /// Truncate after this fraction (per mille) of the log.
+    Truncate(u64),
+    /// Full copy into a fresh store, which must answer the same.
+    Copy,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    let value = prop_oneof![
+        (-100i32..100).prop_map(|v| v as f64 / 4.0),
+        Just(f64::NAN),
+        any::<f64>(),
+    ];
+    let write = proptest::collection::vec((0usize..4, 0i64..60, value), 1..12).prop_map(Op::Write);
+    prop_oneof![
+        8 => write,
+        1 => Just(Op::Seal),
+        1 => Just(Op::Reopen),
+        1 => (0u64..1000).prop_map(Op::Truncate),
+        1 => Just(Op::Copy),
+    ]
+}
+
+fn run(ops: &[Op]) {
+    let backend = Arc::new(MemBackend::new());
+    let mut store = open(&backend);
+    store.create_partition(P).unwrap();
+    let mut model = Model::default();
+    let mut log: Vec<Write> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Write(w) => {
+                let p = store.partition(P).unwrap();
+                p.append(Term(1), &encode(w)).unwrap();
+                model.apply(w);
+                log.push(w.clone());
+            }
+            Op::Truncate(per_mille) => {
+                let p = store.partition(P).unwrap();
+                let keep = log.len() as u64 * per_mille / 1000;
+                let covered = p.stats().covered_lsn.0;
+                match p.truncate_after(Lsn(keep)) {
+                    Err(Error::NeedsFullCopy { .. }) => assert!(keep < covered),
+                    Err(e) => panic!("truncate_after({keep}): {e}"),
+                    Ok(()) => {
+                        assert!(keep >= covered);
+                        log.truncate(keep as usize);
+                        model = Model::default();
+                        log.iter().for_each(|w| model.apply(w));
+                    }
+                }
+            }
+            Op::Copy => {
+                let (lsn, term, batches) = store.partition(P).unwrap().snapshot().unwrap();
+                let other = open(&Arc::new(MemBackend::new()));
+                let copy = other.install_snapshot(P, lsn, term, &batches).unwrap();
+                assert_eq!(copy.digest(), store.partition(P).unwrap().digest());
+                let mut fresh = model.clone();
+                fresh.rejected = 0; // counters are not part of a copy
+                check_all(&other, &fresh);
+            }
+            Op::Seal => {
+                store.partition(P).unwrap().seal().unwrap();
+            }
+            Op::Reopen => {
+                let digest = store.partition(P).unwrap().digest();
+                drop(store);
+                store = open(&backend);
+                assert_eq!(store.partition(P).unwrap().digest(), digest);
+            }
+        }
+        check_all(&store, &model);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(arb_op(), 1..16)) {
+        run(&ops);
+    }
+}
+
+#[test]
+fn overwrite_out_of_order_and_too_old() {
+    run(&[
+        Op::Write(vec![
+            (0, 50, 1.0),
+            (0, 50, 2.0),
+            (0, 45, 3.0),
+            (0, 39, 4.0),
+            (1, 5, 1.0),
+        ]),
+        Op::Seal,
+        Op::Write(vec![(0, 45, 5.0), (0, 41, 6.0), (0, 51, 7.0)]),
+        Op::Reopen,
+        Op::Write(vec![(0, 40, 8.0), (0, 30, 9.0)]),
+        Op::Seal,
+        Op::Reopen,
+    ]);
+}
+
+fn history() -> Vec<Write> {
+    (0..6)
+        .map(|i| {
+            vec![
+                (i % 4, 10 * i as i64, i as f64),
+                (0, 10 * i as i64 - 15, -1.0),
+            ]
+        })
+        .collect()
+}
+
+#[test]
+fn truncate_after_equals_the_prefix() {
+    let (a_backend, b_backend) = (Arc::new(MemBackend::new()), Arc::new(MemBackend::new()));
+    let (a, b) = (open(&a_backend), open(&b_backend));
+    let (pa, pb) = (
+        a.create_partition(P).unwrap(),
+        b.create_partition(P).unwrap(),
+    );
+    let mut model = Model::default();
+    for (i, w) in history().iter().enumerate() {
+        pa.append(Term(1), &encode(w)).unwrap();
+        if i < 3 {
+            pb.append(Term(1), &encode(w)).unwrap();
+            model.apply(w);
+        }
+    }
+    assert_ne!(pa.digest(), pb.digest());
+    pa.truncate_after(Lsn(3)).unwrap();
+    assert_eq!(pa.last_lsn(), Lsn(3));
+    assert_eq!(pa.digest(), pb.digest());
+    assert_eq!(pa.stats().rejected, pb.stats().rejected);
+    check_all(&a, &model);
+    // The log continues from the truncation point, in a newer term.
+    pa.append(Term(2), &encode(&history()[5])).unwrap();
+    assert_eq!(pa.last_lsn(), Lsn(4));
+
+    // A sealed suffix cannot be dropped: it asks for a full copy.
+    pa.seal().unwrap();
+    assert!(matches!(
+        pa.truncate_after(Lsn(2)),
+        Err(Error::NeedsFullCopy { .. })
+    ));
+}
+
+#[test]
+fn replication_catch_up_and_full_copy() {
+    let (a_backend, b_backend) = (Arc::new(MemBackend::new()), Arc::new(MemBackend::new()));
+    let (a, b) = (open(&a_backend), open(&b_backend));
+    let pa = a.create_partition(P).unwrap();
+    let pb = b.create_partition(P).unwrap();
+    for w in &history()[..4] {
+        pa.append(Term(1), &encode(w)).unwrap();
+    }
+    // Catch-up from the log, with a duplicate delivery that is skipped.
+    let records = pa.read_log(Lsn(1), 1).unwrap();
+    assert_eq!(records.len(), 1, "max_bytes bounds the read");
+    let records = pa.read_log(Lsn(1), usize::MAX).unwrap();
+    assert_eq!(records.len(), 4);
+    for (lsn, term, bytes) in records.iter().chain(records.iter()) {
+        pb.apply_replicated(*lsn, *term, bytes).unwrap();
+    }
+    assert_eq!(pb.last_lsn(), Lsn(4));
+    assert_eq!(pa.digest(), pb.digest());
+    assert!(pa.read_log(Lsn(5), 100).unwrap().is_empty());
+
+    // After a seal the log no longer reaches back: a full copy is needed.
+    pa.seal().unwrap();
+    for w in &history()[4..] {
+        pa.append(Term(2), &encode(w)).unwrap();
+    }
+    for _ in 0..64 {
+        // Fill segments so that trimming drops the first one.
+        pa.append(Term(2), &encode(&history()[5])).unwrap();
+    }
+    pa.seal().unwrap();
+    assert!(matches!(
+        pa.read_log(Lsn(1), 100),
+        Err(Error::TrimmedAway { .. })
+    ));
+
+    let (lsn, term, batches) = pa.snapshot().unwrap();
+    assert_eq!((lsn, term), (pa.last_lsn(), Term(2)));
+    let pb = b.install_snapshot(P, lsn, term, &batches).unwrap();
+    assert_eq!(pb.digest(), pa.digest());
+    assert_eq!(pb.last_lsn(), lsn);
+    let next = encode(&vec![(2, 1000, 1.0)]);
+    let lsn_next = pa.append(Term(2), &next).unwrap();
+    pb.apply_replicated(lsn_next, Term(2), &next).unwrap();
+    assert_eq!(pb.digest(), pa.digest());
+    drop((pb, b));
+    let b = open(&b_backend);
+    assert_eq!(b.partition(P).unwrap().digest(), pa.digest());
+}
+
+#[test]
+fn corrupted_partition_is_reported_not_served() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    store.create_partition(PartitionId(8)).unwrap();
+    for w in &history() {
+        p.append(Term(1), &encode(w)).unwrap();
+    }
+    p.seal().unwrap();
+    drop((p, store));
+    let chunk = backend
+        .paths()
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".chunk"))
+        .unwrap();
+    let len = backend.read(&chunk).unwrap().len();
+    backend.poke(&chunk, len - 3, &[0xFF, 0x00, 0xAA]);
+    let (store, report) = Store::open(config(backend.clone())).unwrap();
+    assert_eq!(report.opened, vec![PartitionId(8)]);
+    assert_eq!(report.corrupted.len(), 1);
+    assert_eq!(report.corrupted[0].0, P);
+    assert!(store.partition(P).is_none());
+}
+
+#[test]
+fn bad_batches_are_refused_before_the_log() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    assert!(p.append(Term(1), b"garbage").is_err());
+    assert_eq!(p.last_lsn(), Lsn(0));
+    assert!(matches!(
+        store.create_partition(P),
+        Err(Error::PartitionExists(_))
+    ));
+    store.drop_partition(P).unwrap();
+    assert!(store.partition_ids().is_empty());
+    assert!(backend.paths().iter().all(|p| !p.starts_with("/data/p7")));
+}
+
+#[test]
+fn restart_on_real_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig::new(dir.path());
+    let (store, _) = Store::open(cfg.clone()).unwrap();
+    let ids = [PartitionId(1), PartitionId(2)];
+    for id in ids {
+        store.create_partition(id).unwrap();
+    }
+    let keys = keys();
+    let write = |store: &Store, round: i64| {
+        for (i, id) in ids.iter().enumerate() {
+            let mut b = batch::BatchBuilder::new();
+            for (k, key) in keys.iter().enumerate() {
+                for t in 0..50 {
+                    b.push_key(
+                        key,
+                        round * 1_000_000 + t * 10_000,
+                        (k * i) as f64 + t as f64 * 0.25,
+                    )
+                    .unwrap();
+                }
+            }
+            let mut bytes = Vec::new();
+            b.encode(&mut bytes);
+            store
+                .partition(*id)
+                .unwrap()
+                .append(Term(1), &bytes)
+                .unwrap();
+        }
+    };
+    write(&store, 0);
+    store.partition(ids[0]).unwrap().seal().unwrap();
+    write(&store, 1);
+    let digests: Vec<u64> = ids
+        .iter()
+        .map(|id| store.partition(*id).unwrap().digest())
+        .collect();
+    let all = store.source(&ids).select(&[], i64::MIN, i64::MAX);
+    assert_eq!(all.len(), 8);
+    assert!(all.iter().all(|s| s.samples.len() == 100));
+    drop(store);
+    let (store, report) = Store::open(cfg).unwrap();
+    assert_eq!(report.opened, ids.to_vec());
+    let again: Vec<u64> = ids
+        .iter()
+        .map(|id| store.partition(*id).unwrap().digest())
+        .collect();
+    assert_eq!(again, digests);
+    assert_eq!(
+        normalize(store.source(&ids).select(&[], i64::MIN, i64::MAX)),
+        normalize(all)
+    );
+}
+
+#[test]
+fn stats_account_memory_and_seal_policy() {
+    let backend = Arc::new(MemBackend::new());
+    let mut cfg = config(backend);
+    cfg.seal = SealPolicy {
+        head_samples_max: 100,
+        head_span_ms: 1_000,
+    };
+    let (store, _) = Store::open(cfg).unwrap();
+    let p = store.create_partition(P).unwrap();
+    p.append(Term(1), &encode(&vec![(0, 0, 1.0), (1, 0, 2.0)]))
+        .unwrap();
+    assert!(!p.seal_due());
+    p.append(Term(1), &encode(&vec![(0, 1_000, 1.0)])).unwrap();
+    assert!(p.seal_due(), "the head spans the policy's span");
+    let s = p.stats();
+    assert_eq!((s.series, s.accepted, s.head_samples), (2, 3, 3));
+    assert!(s.head_bytes > 0 && s.index_bytes > 0);
+    assert_eq!(p.seal().unwrap(), 2);
+    assert!(!p.seal_due());
+    let s = p.stats();
+    assert_eq!(
+        (s.head_samples, s.chunk_files, s.covered_lsn),
+        (0, 1, Lsn(2))
+    );
+    let w: Write = (0..100).map(|t| (2, 10_000 + t, 0.0)).collect();
+    p.append(Term(1), &encode(&w)).unwrap();
+    assert!(p.seal_due(), "the head holds the policy's sample count");
+    let m = store.memory_stats();
+    assert_eq!((m.partitions, m.series, m.head_samples), (1, 3, 100));
+}
+
+#[test]
+fn a_damaged_chunk_is_never_served() {
+    use std::io::{Seek, SeekFrom, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(StoreConfig::new(dir.path())).unwrap();
+    let p = store.create_partition(P).unwrap();
+    p.append(Term(1), &encode(&vec![(0, 1, 1.0), (0, 2, 2.0)]))
+        .unwrap();
+    p.seal().unwrap();
+    assert_eq!(p.select(&[], 0, 10).len(), 1);
+    let chunk = std::fs::read_dir(dir.path().join("p7/chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "chunk"))
+        .unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&chunk)
+        .unwrap();
+    f.seek(SeekFrom::Start(80)).unwrap();
+    f.write_all(&[0x5A; 4]).unwrap();
+    f.sync_all().unwrap();
+    assert!(p.select(&[], 0, 10).is_empty(), "corrupt chunk served");
+    assert_eq!(p.stats().corrupt_reads, 1);
+}
+
+#[test]
+fn large_selects_read_every_series_across_lock_slices() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    let mut b = batch::BatchBuilder::new();
+    for i in 0..700 {
+        b.push(&format!("r{i:03}"), "cpu", &[], i, i as f64)
+            .unwrap();
+    }
+    let mut bytes = Vec::new();
+    b.encode(&mut bytes);
+    p.append(Term(1), &bytes).unwrap();
+    let all = p.select(&[], 0, 1000);
+    assert_eq!(all.len(), 700);
+    let mut seen: Vec<i64> = all.iter().map(|s| s.samples[0].0).collect();
+    seen.sort();
+    assert_eq!(seen, (0..700).collect::<Vec<_>>());
+    let m = Matcher::new("resource", MatchOp::Regex, "r6.*").unwrap();
+    assert_eq!(p.select(&[m], 0, 1000).len(), 100);
+}

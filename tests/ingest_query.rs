@@ -1,0 +1,221 @@
+//! End to end: a 3-node cluster on 3 host labels with R=2 takes writes over the native protocol and Graphite, and answers PromQL identically through every node.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{Cluster, Layout};
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn native_push_is_answered_identically_by_every_node() {
+    let c = Cluster::up(Layout::default());
+    let report = c.json(&[
+        "push",
+        "--json",
+        "--quiet",
+        "--resources",
+        "20",
+        "--metrics",
+        "5",
+        "--samples",
+        "30",
+        "--batch",
+        "500",
+    ]);
+    println!("push: {report}");
+    assert_eq!(report["sent"], 3000);
+    assert_eq!(report["acked"], 3000);
+    assert_eq!(report["failed"], 0);
+
+    // count_over_time drops the metric name, so each metric is counted on
+    // its own (Prometheus refuses two series with the same labels).
+    let per_series = r#"count_over_time({__name__="metric1"}[10m])"#;
+    // A whole second after the newest sample (now, in ms, when pushed).
+    let t = now_s() + 1;
+    let first = c.query_at(0, per_series, t);
+    let series = first["data"]["result"].as_array().map(Vec::len);
+    assert_eq!(series, Some(20), "{first}");
+    for node in 0..3 {
+        let total: f64 = (0..5)
+            .map(|m| {
+                let q = format!(r#"sum(count_over_time({{__name__="metric{m}"}}[10m]))"#);
+                c.scalar_at(node, &q, t)
+            })
+            .sum();
+        assert_eq!(total, 3000.0, "node {node}");
+        let again = c.query_at(node, per_series, t);
+        assert_eq!(
+            again["data"], first["data"],
+            "node {node} answers differently"
+        );
+    }
+    // Both copies agree.
+    let check = c.tandem(&["check"]);
+    assert!(
+        check.status.success(),
+        "check: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+#[test]
+fn values_come_back_exactly_through_native_and_graphite() {
+    let c = Cluster::up(Layout::default());
+    let t = now_s() - 60;
+    // Native protocol, from a Graphite-formatted file.
+    let lines = format!(
+        "dc1.web01.cpu.usage 12.5 {t}\ndc1.web01.cpu.usage 13.25 {}\ndc1.db01.mem.active 1e9 {t}\ncpu.steal;resource=vm7;core=3 0.01 {t}\nnot a line\n",
+        t + 10
+    );
+    let file = c.dir.path().join("lines.txt");
+    std::fs::write(&file, lines).unwrap();
+    let report = c.json(&[
+        "push",
+        "--json",
+        "--quiet",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (report["acked"].as_u64(), report["bad_lines"].as_u64()),
+        (Some(4), Some(1)),
+        "{report}"
+    );
+
+    // Graphite plaintext, with garbage in between on the same connection.
+    let mut g = Vec::new();
+    g.extend_from_slice(format!("gw.host1.load 1.5 {t}\r\n").as_bytes());
+    g.extend_from_slice(b"\n\n");
+    g.extend_from_slice(b"gw.host1.missing\n");
+    g.extend_from_slice(format!("gw.host1.text abc {t}\n").as_bytes());
+    g.extend(std::iter::repeat_n(b'x', 1 << 20));
+    g.push(b'\n');
+    g.extend_from_slice(&[0xff, 0xfe, 0x00, 0x01, b'\n']);
+    g.extend_from_slice(format!("gw.host1.after nan {t}\n").as_bytes());
+    g.extend_from_slice(format!("gw.host1.late 7 {t}").as_bytes()); // half line at close
+    c.send_graphite(1, &g);
+
+    c.wait_for("graphite samples", Duration::from_secs(15), || {
+        let doc = c.query(2, r#"count({resource="gw.host1"})"#);
+        doc["data"]["result"][0]["value"][1] == "3"
+    });
+    for node in 0..3 {
+        let at = t + 10;
+        assert_eq!(
+            c.scalar_at(node, r#"{__name__="cpu.usage", resource="dc1.web01"}"#, at),
+            13.25
+        );
+        assert_eq!(
+            c.scalar_at(node, r#"{__name__="cpu.usage", resource="dc1.web01"}"#, t),
+            12.5
+        );
+        assert_eq!(
+            c.scalar_at(node, r#"{__name__="mem.active", resource="dc1.db01"}"#, at),
+            1e9
+        );
+        assert_eq!(
+            c.scalar_at(
+                node,
+                r#"{__name__="cpu.steal", resource="vm7", core="3"}"#,
+                at
+            ),
+            0.01
+        );
+        assert_eq!(
+            c.scalar_at(node, r#"{__name__="load", resource="gw.host1"}"#, at),
+            1.5
+        );
+        assert!(c
+            .scalar_at(node, r#"{__name__="after", resource="gw.host1"}"#, at)
+            .is_nan());
+        assert_eq!(
+            c.scalar_at(node, r#"{__name__="late", resource="gw.host1"}"#, at),
+            7.0
+        );
+    }
+
+    // Every bad line was counted by reason on the node that received them.
+    let metrics = ureq::get(&format!("http://{}/metrics", c.http(1)))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    for (reason, n) in [
+        ("missing_value", 1),
+        ("bad_value", 1),
+        ("too_long", 1),
+        ("not_utf8", 1),
+    ] {
+        let line = format!("tandem_graphite_bad_lines_total{{reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "missing {line:?} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tandem_graphite_empty_lines_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_graphite_unterminated_lines_total 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn promtool_parses_the_responses() {
+    let c = Cluster::up(Layout::default());
+    let report = c.json(&[
+        "push",
+        "--json",
+        "--quiet",
+        "--resources",
+        "5",
+        "--metrics",
+        "2",
+        "--samples",
+        "20",
+    ]);
+    assert_eq!(report["failed"], 0);
+    let server = format!("http://{}", c.http(0));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .output()
+            .expect("promtool not found: install Debian's `prometheus` package (.ci/run does)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let instant = run(&[
+        "query",
+        "instant",
+        &server,
+        r#"sum by (resource) (rate({__name__="metric1"}[5m]))"#,
+    ]);
+    assert_eq!(instant.lines().count(), 5, "{instant}");
+    let end = now_s();
+    let range = run(&[
+        "query",
+        "range",
+        "--start",
+        &(end - 300).to_string(),
+        "--end",
+        &end.to_string(),
+        "--step",
+        "30s",
+        &server,
+        r#"max({__name__="metric0"})"#,
+    ]);
+    assert!(range.contains("=>"), "{range}");
+    let _ = run(&["query", "series", "--match", r#"{resource="vm1"}"#, &server]);
+    let _ = run(&["query", "labels", &server, "resource"]);
+}

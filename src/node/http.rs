@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value as Json};
-use store::query::{QueryError, QueryOptions, Value, VecSource};
+use store::query::{format_value, QueryError, QueryOptions, Value, VecSource};
 use store::{Labels, Matcher, SeriesData};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -152,19 +152,6 @@ fn parse_step(t: &str) -> Option<i64> {
         .map(|d| d.as_millis() as i64)
 }
 
-/// Prometheus' float format: shortest form, `NaN`, `+Inf`, `-Inf`.
-pub fn format_value(v: f64) -> String {
-    if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        format!("{v}")
-    }
-}
-
 fn point(t_ms: i64, v: f64) -> Json {
     json!([t_ms as f64 / 1000.0, format_value(v)])
 }
@@ -234,24 +221,20 @@ async fn fetch(
 }
 
 async fn query(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
-    let started = Instant::now();
     let params = Params::new(q, &body);
-    let result = async {
+    let parsed = (|| -> Result<_, ApiError> {
         let expr = params.required("query")?.to_string();
         let t = params.time("time", now_ms())?;
-        let opts = QueryOptions::default();
-        let (source, warnings) = fetch(&node, &expr, t, t, &opts).await?;
-        let value = tokio::task::spawn_blocking(move || {
-            store::query::instant_query(&source, &expr, t, &opts)
+        Ok((expr, t))
+    })();
+    timed(&node, async {
+        let (expr, t) = parsed?;
+        evaluate(&node, expr, t, t, move |source, expr, opts| {
+            store::query::instant_query(source, expr, t, opts)
         })
         .await
-        .map_err(|e| ApiError::Execution(e.to_string()))??;
-        Ok(success(value_json(&value), warnings))
-    }
-    .await;
-    node.metrics
-        .add_query(started.elapsed().as_micros() as u64, result.is_ok());
-    result
+    })
+    .await
 }
 
 async fn query_range(
@@ -259,9 +242,8 @@ async fn query_range(
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> ApiResult {
-    let started = Instant::now();
     let params = Params::new(q, &body);
-    let result = async {
+    let parsed = (|| -> Result<_, ApiError> {
         let expr = params.required("query")?.to_string();
         let start = parse_time(params.required("start")?)
             .ok_or_else(|| ApiError::BadData("invalid parameter \"start\"".into()))?;
@@ -272,19 +254,42 @@ async fn query_range(
                 "invalid parameter \"step\": a positive duration or number of seconds".into(),
             )
         })?;
-        let opts = QueryOptions::default();
-        let (source, warnings) = fetch(&node, &expr, start, end, &opts).await?;
-        let value = tokio::task::spawn_blocking(move || {
-            store::query::range_query(&source, &expr, start, end, step, &opts)
+        Ok((expr, start, end, step))
+    })();
+    timed(&node, async {
+        let (expr, start, end, step) = parsed?;
+        evaluate(&node, expr, start, end, move |source, expr, opts| {
+            store::query::range_query(source, expr, start, end, step, opts)
         })
         .await
-        .map_err(|e| ApiError::Execution(e.to_string()))??;
-        Ok(success(value_json(&value), warnings))
-    }
-    .await;
+    })
+    .await
+}
+
+/// Counts a query and its time in the node's metrics.
+async fn timed(node: &Node, query: impl std::future::Future<Output = ApiResult>) -> ApiResult {
+    let started = Instant::now();
+    let result = query.await;
     node.metrics
         .add_query(started.elapsed().as_micros() as u64, result.is_ok());
     result
+}
+
+/// Gathers what `expr` needs over `[start, end]` and evaluates it off the
+/// async workers.
+async fn evaluate(
+    node: &Arc<Node>,
+    expr: String,
+    start: i64,
+    end: i64,
+    eval: impl FnOnce(&VecSource, &str, &QueryOptions) -> Result<Value, QueryError> + Send + 'static,
+) -> ApiResult {
+    let opts = QueryOptions::default();
+    let (source, warnings) = fetch(node, &expr, start, end, &opts).await?;
+    let value = tokio::task::spawn_blocking(move || eval(&source, &expr, &opts))
+        .await
+        .map_err(|e| ApiError::Execution(e.to_string()))??;
+    Ok(success(value_json(&value), warnings))
 }
 
 /// The series matching any `match[]` selector (all series without one).

@@ -235,8 +235,9 @@ fn top(op: Op, input: &[Elem], modifier: Option<&LabelModifier>, k: i64) -> Resu
     Ok(Val::Vector(out))
 }
 
-/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`.
-fn format_value(v: f64) -> String {
+/// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: how Prometheus prints a
+/// sample value (shortest form, `NaN`, `+Inf`, `-Inf`).
+pub fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v == f64::INFINITY {

@@ -17,6 +17,7 @@ mod tests;
 
 use crate::source::{Labels, SeriesData, Source};
 
+pub use aggregate::format_value;
 pub use plan::Selection;
 pub use sources::{UnionSource, VecSource};
 

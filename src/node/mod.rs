@@ -210,7 +210,6 @@ async fn heartbeat_loop(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) 
                 period = Duration::from_millis(reply.heartbeat_ms.max(50));
                 if let Some(map) = reply.map {
                     node.install_map(map);
-                    tokio::spawn(node.clone().sync_new_primaries());
                 }
             }
             // The data path does not need the controller: keep serving with the last map.
@@ -240,8 +239,10 @@ impl Node {
         self.map.read().expect("poisoned").clone()
     }
 
-    /// Takes a newer map; an older or equal one is ignored.
-    pub fn install_map(&self, map: ClusterMap) {
+    /// Takes a newer map (an older or equal one is ignored), drops copies it
+    /// no longer places here, and starts the new-primary sync for the
+    /// partitions it now leads, whichever path brought the map.
+    pub fn install_map(self: &Arc<Self>, map: ClusterMap) {
         {
             let mut current = self.map.write().expect("poisoned");
             if map.epoch <= current.epoch {
@@ -252,10 +253,11 @@ impl Node {
         }
         self.map_changed.notify_waiters();
         self.drop_unowned();
+        tokio::spawn(self.clone().sync_new_primaries());
     }
 
     /// Fetches the map from the controller now (after a stale-map error).
-    pub async fn refresh_map(&self) {
+    pub async fn refresh_map(self: &Arc<Self>) {
         let controllers = self.controllers.clone();
         let fetched = tokio::task::spawn_blocking(move || {
             control::call_blocking::<ClusterMap>(&controllers, &ControlRequest::GetMap)

@@ -160,15 +160,6 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Remote { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, (ErrorCode, String)>>>>>;
 
 /// A multiplexed connection to one peer: many requests in flight, answers

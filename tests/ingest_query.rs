@@ -160,6 +160,11 @@ fn values_come_back_exactly_through_native_and_graphite() {
         metrics.contains("tandem_graphite_empty_lines_total 2"),
         "{metrics}"
     );
+    // Nothing caught up on a fresh cluster; the counter #6's resync figure reads is there.
+    assert!(
+        metrics.contains("tandem_catchup_bytes_received_total 0"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("tandem_graphite_unterminated_lines_total 1"),
         "{metrics}"

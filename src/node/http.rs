@@ -407,7 +407,14 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             );
         }
     }
-    let (_, lagging) = node.catchup.lock().expect("poisoned").report();
+    let (lagging, resync_bytes) = {
+        let progress = node.catchup.lock().expect("poisoned");
+        (progress.report().1, progress.bytes_received)
+    };
+    let _ = writeln!(
+        extra,
+        "# HELP tandem_catchup_bytes_received_total Log and snapshot bytes this node pulled while catching up.\n# TYPE tandem_catchup_bytes_received_total counter\ntandem_catchup_bytes_received_total {resync_bytes}"
+    );
     let _ = writeln!(extra, "# TYPE tandem_catchup_lag_lsn gauge");
     for (p, lag) in lagging {
         let _ = writeln!(

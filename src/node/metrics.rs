@@ -2,7 +2,6 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
 
 use crate::graphite::LineError;
 
@@ -19,8 +18,6 @@ pub struct Metrics {
     queries: AtomicU64,
     query_errors: AtomicU64,
     query_micros: AtomicU64,
-    /// The last few bad lines, for the log and for operators.
-    pub bad_line_samples: Mutex<Vec<String>>,
 }
 
 impl Metrics {
@@ -33,7 +30,7 @@ impl Metrics {
     pub fn add_replicated_batch(&self) {
         self.replicated_batches.fetch_add(1, Relaxed);
     }
-    pub fn add_applied(&self, _partition: u32) {
+    pub fn add_applied(&self) {
         self.applied_records.fetch_add(1, Relaxed);
     }
     pub fn add_graphite_lines(&self, n: u64) {
@@ -59,11 +56,6 @@ impl Metrics {
                 count = n + 1,
                 "bad graphite line: {shown:?}"
             );
-            let mut samples = self.bad_line_samples.lock().expect("poisoned");
-            if samples.len() >= 16 {
-                samples.remove(0);
-            }
-            samples.push(format!("{}: {shown}", e.name()));
         }
     }
     pub fn bad_lines(&self, e: LineError) -> u64 {

@@ -520,7 +520,7 @@ pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     }
     part.apply_replicated(Lsn(m.lsn), Term(m.term), m.batch)
         .map_err(|e| store_error(m.partition, e))?;
-    node.metrics.add_applied(m.partition);
+    node.metrics.add_applied();
     Ok(ReplicateAck {
         last_lsn: m.lsn,
         gap: false,

@@ -211,6 +211,16 @@ impl Client {
             }
             let conn = guard.as_ref().expect("just set");
             conn.pending.lock().expect("poisoned").insert(id, tx);
+            // The reader marks the connection dead before it fails what is
+            // pending: a request registered after that must not wait for
+            // an answer that cannot come.
+            if !conn.alive.load(Ordering::Acquire) {
+                conn.pending.lock().expect("poisoned").remove(&id);
+                *guard = None;
+                return Err(ClientError::Lost {
+                    addr: self.addr.clone(),
+                });
+            }
             let sender = conn.tx.clone();
             drop(guard);
             sender.send(out).await.map_err(|_| ClientError::Lost {

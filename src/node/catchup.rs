@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use controller::{NodeId, PartitionId};
 use store::{Lsn, Term};
@@ -24,12 +24,17 @@ use crate::proto::{ErrorCode, Kind};
 
 /// Bytes of log one catch-up request asks for.
 const CATCH_UP_BYTES: u32 = 4 << 20;
+/// How often a partition that caught up is polled again while the
+/// controller has not yet taken the report: live writes reach it
+/// meanwhile, and polling it faster would fetch them twice.
+const RECHECK_CAUGHT_UP: Duration = Duration::from_millis(500);
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What this node reports about catching up.
 #[derive(Debug, Default)]
 pub struct Progress {
-    caught_up: BTreeSet<u32>,
+    /// Partitions at lag 0 in their last round, and when that was.
+    caught_up: BTreeMap<u32, Instant>,
     lagging: BTreeMap<u32, u64>,
     /// Partitions whose files were corrupt at open: never served until refetched.
     corrupted: BTreeSet<u32>,
@@ -48,7 +53,7 @@ impl Progress {
 
     pub fn report(&self) -> (Vec<PartitionId>, Vec<(PartitionId, u64)>) {
         (
-            self.caught_up.iter().map(|&p| PartitionId(p)).collect(),
+            self.caught_up.keys().map(|&p| PartitionId(p)).collect(),
             self.lagging
                 .iter()
                 .map(|(&p, &lag)| (PartitionId(p), lag))
@@ -58,6 +63,11 @@ impl Progress {
 
     pub fn is_corrupted(&self, p: u32) -> bool {
         self.corrupted.contains(&p)
+    }
+
+    /// How many partitions wait for a refetch.
+    pub fn corrupted(&self) -> usize {
+        self.corrupted.len()
     }
 }
 
@@ -74,6 +84,17 @@ pub async fn run(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
                 progress.lagging.remove(&p);
                 continue;
             }
+            let recently = node
+                .catchup
+                .lock()
+                .expect("poisoned")
+                .caught_up
+                .get(&p)
+                .is_some_and(|at| at.elapsed() < RECHECK_CAUGHT_UP);
+            if recently && !corrupted {
+                pending += 1;
+                continue;
+            }
             let source = map.catch_up_source(pid, node.id).or_else(|| {
                 // A corrupt local copy that the map counts as in sync: refetch from any other live replica.
                 map.active_replicas(pid).into_iter().find(|&n| n != node.id)
@@ -85,9 +106,11 @@ pub async fn run(node: Arc<Node>, mut shutdown: broadcast::Receiver<()>) {
                     let mut progress = node.catchup.lock().expect("poisoned");
                     if corrupted {
                         progress.corrupted.remove(&p);
+                        // If it leads the partition, it can take over now.
+                        tokio::spawn(node.clone().sync_new_primaries());
                     }
                     if lag == 0 {
-                        progress.caught_up.insert(p);
+                        progress.caught_up.insert(p, Instant::now());
                         progress.lagging.remove(&p);
                     } else {
                         progress.caught_up.remove(&p);
@@ -226,6 +249,19 @@ pub fn divergence_point(
     (local_last > end).then_some(end)
 }
 
+/// The term of the record at `lsn` in a log with this history (first LSN of
+/// each term, oldest first); 0 at LSN 0.
+pub fn term_at(history: &[(Term, Lsn)], lsn: u64) -> u64 {
+    if lsn == 0 {
+        return 0;
+    }
+    history
+        .iter()
+        .rev()
+        .find(|(_, first)| first.0 <= lsn)
+        .map_or(0, |(t, _)| t.0)
+}
+
 async fn install_snapshot(
     node: &Arc<Node>,
     client: &crate::net::Client,
@@ -337,7 +373,8 @@ pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
 
 #[cfg(test)]
 mod tests {
-    use super::divergence_point;
+    use super::{divergence_point, term_at};
+    use store::{Lsn, Term};
 
     #[test]
     fn finds_the_divergent_suffix() {
@@ -361,5 +398,13 @@ mod tests {
         check(3, 20, &[(1, 1), (2, 6), (4, 15)], 30, Some(14));
         // Empty local log: nothing to cut.
         check(0, 0, &[(1, 1)], 3, None);
+    }
+
+    #[test]
+    fn finds_the_term_of_a_record() {
+        let history = [(Term(1), Lsn(1)), (Term(3), Lsn(6)), (Term(4), Lsn(9))];
+        let terms: Vec<u64> = (0..=10).map(|lsn| term_at(&history, lsn)).collect();
+        assert_eq!(terms, [0, 1, 1, 1, 1, 1, 3, 3, 3, 4, 4]);
+        assert_eq!(term_at(&[], 5), 0);
     }
 }

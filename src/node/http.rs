@@ -407,10 +407,28 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
             );
         }
     }
-    let (lagging, resync_bytes) = {
+    let _ = writeln!(extra, "# HELP tandem_partition_written_bytes_total Bytes of records appended to this copy by live writes, as primary or replica (not catch-up).\n# TYPE tandem_partition_written_bytes_total counter");
+    for (p, w) in node.written.iter().enumerate() {
+        let w = w.load(std::sync::atomic::Ordering::Relaxed);
+        if w > 0 {
+            let _ = writeln!(
+                extra,
+                "tandem_partition_written_bytes_total{{partition=\"{p}\"}} {w}"
+            );
+        }
+    }
+    let (lagging, resync_bytes, corrupted) = {
         let progress = node.catchup.lock().expect("poisoned");
-        (progress.report().1, progress.bytes_received)
+        (
+            progress.report().1,
+            progress.bytes_received,
+            progress.corrupted(),
+        )
     };
+    let _ = writeln!(
+        extra,
+        "# HELP tandem_partitions_corrupted Local partition copies found damaged at open and not yet refetched.\n# TYPE tandem_partitions_corrupted gauge\ntandem_partitions_corrupted {corrupted}"
+    );
     let _ = writeln!(
         extra,
         "# HELP tandem_catchup_bytes_received_total Log and snapshot bytes this node pulled while catching up.\n# TYPE tandem_catchup_bytes_received_total counter\ntandem_catchup_bytes_received_total {resync_bytes}"

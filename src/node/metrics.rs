@@ -9,6 +9,7 @@ use crate::graphite::LineError;
 pub struct Metrics {
     ingested_samples: AtomicU64,
     write_errors: AtomicU64,
+    fenced_writes: AtomicU64,
     replicated_batches: AtomicU64,
     applied_records: AtomicU64,
     graphite_lines: AtomicU64,
@@ -26,6 +27,9 @@ impl Metrics {
     }
     pub fn add_write_error(&self) {
         self.write_errors.fetch_add(1, Relaxed);
+    }
+    pub fn add_fenced_write(&self) {
+        self.fenced_writes.fetch_add(1, Relaxed);
     }
     pub fn add_replicated_batch(&self) {
         self.replicated_batches.fetch_add(1, Relaxed);
@@ -91,6 +95,11 @@ impl Metrics {
             "tandem_write_errors_total",
             "Writes this gateway could not get acknowledged.",
             self.write_errors.load(Relaxed),
+        );
+        counter(
+            "tandem_fenced_writes_total",
+            "Writes this node refused as a primary whose term was over (a newer primary exists).",
+            self.fenced_writes.load(Relaxed),
         );
         counter(
             "tandem_replicated_batches_total",

@@ -83,6 +83,10 @@ pub struct Node {
     synced: Mutex<HashMap<u32, u64>>,
     graphite: GraphiteConfig,
     pub metrics: Metrics,
+    /// Per partition, bytes of records this copy appended from live writes
+    /// (as primary or replica, not catch-up): what a copy that was away
+    /// missed, to compare with what its catch-up fetched.
+    written: Vec<std::sync::atomic::AtomicU64>,
     map_changed: tokio::sync::Notify,
 }
 
@@ -118,6 +122,7 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
         .with_context(|| format!("cannot listen on {}", args.http))?;
 
     let map = register(&args.controller, &spec).await?;
+    let map_partitions = map.partitions;
     let node = Arc::new(Node {
         id: spec.id,
         store,
@@ -137,6 +142,9 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
             ..GraphiteConfig::default()
         },
         metrics: Metrics::default(),
+        written: (0..map_partitions)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
         map_changed: tokio::sync::Notify::new(),
     });
     tracing::info!(id = args.id, native = %args.listen, graphite = %args.graphite, http = %args.http, "node up");
@@ -289,6 +297,12 @@ impl Node {
         }
     }
 
+    fn count_written(&self, p: u32, bytes: usize) {
+        if let Some(w) = self.written.get(p as usize) {
+            w.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Raises partition `p`'s fence to `term`.
     fn fence(&self, p: u32, term: u64) {
         let mut fences = self.fences.lock().expect("poisoned");
@@ -318,7 +332,19 @@ impl Node {
         Some(client.clone())
     }
 
+    /// The local copy of `p`, created empty if it has none yet. A copy
+    /// found damaged at open is refused until it is refetched: an empty
+    /// stand-in would take LSNs its peers already hold.
     fn partition(&self, p: u32) -> Result<Arc<store::Partition>, (ErrorCode, String)> {
+        if self.catchup.lock().expect("poisoned").is_corrupted(p) {
+            return Err((
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {p}: node {}'s copy was damaged and is being refetched",
+                    self.id
+                ),
+            ));
+        }
         let id = store::PartitionId(p);
         if let Some(part) = self.store.partition(id) {
             return Ok(part);

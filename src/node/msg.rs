@@ -95,16 +95,20 @@ pub struct Replicate<'a> {
     pub epoch: u64,
     pub term: u64,
     pub lsn: u64,
+    /// The term of the primary's record at `lsn - 1` (0 for none): the
+    /// replica appends only after a record of that term (log matching).
+    pub prev_term: u64,
     pub batch: &'a [u8],
 }
 
 impl<'a> Replicate<'a> {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(28 + self.batch.len());
+        let mut out = Vec::with_capacity(36 + self.batch.len());
         put_u32(&mut out, self.partition);
         put_u64(&mut out, self.epoch);
         put_u64(&mut out, self.term);
         put_u64(&mut out, self.lsn);
+        put_u64(&mut out, self.prev_term);
         out.extend_from_slice(self.batch);
         out
     }
@@ -116,23 +120,28 @@ impl<'a> Replicate<'a> {
             epoch: r.u64()?,
             term: r.u64()?,
             lsn: r.u64()?,
+            prev_term: r.u64()?,
             batch: r.rest(),
         })
     }
 }
 
-/// A replica's answer to `Replicate`: its last LSN, and whether it had a gap
-/// before the record (then the primary resends from `last_lsn + 1`).
+/// A replica's answer to `Replicate`: its last LSN and term, and whether it
+/// could not append the record (a gap before it, or a last record of
+/// another term). The primary then resends from where the replica's log
+/// stops matching its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicateAck {
     pub last_lsn: u64,
+    pub last_term: u64,
     pub gap: bool,
 }
 
 impl ReplicateAck {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9);
+        let mut out = Vec::with_capacity(17);
         put_u64(&mut out, self.last_lsn);
+        put_u64(&mut out, self.last_term);
         out.push(self.gap as u8);
         out
     }
@@ -140,8 +149,13 @@ impl ReplicateAck {
     pub fn decode(buf: &[u8]) -> DecodeResult<ReplicateAck> {
         let mut r = Reader::new(buf);
         let last_lsn = r.u64()?;
+        let last_term = r.u64()?;
         let gap = r.bytes(1)?[0] != 0;
-        Ok(ReplicateAck { last_lsn, gap })
+        Ok(ReplicateAck {
+            last_lsn,
+            last_term,
+            gap,
+        })
     }
 }
 
@@ -343,17 +357,19 @@ mod tests {
             epoch: 2,
             term: 3,
             lsn: 4,
+            prev_term: 2,
             batch: b"xy",
         }
         .encode();
         let d = Replicate::decode(&r).unwrap();
         assert_eq!(
-            (d.partition, d.epoch, d.term, d.lsn, d.batch),
-            (1, 2, 3, 4, &b"xy"[..])
+            (d.partition, d.epoch, d.term, d.lsn, d.prev_term, d.batch),
+            (1, 2, 3, 4, 2, &b"xy"[..])
         );
 
         let a = ReplicateAck {
             last_lsn: 5,
+            last_term: 2,
             gap: true,
         };
         assert_eq!(ReplicateAck::decode(&a.encode()).unwrap(), a);

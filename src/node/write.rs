@@ -7,6 +7,7 @@ use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
 use store::{Lsn, Term};
 
+use super::catchup::{divergence_point, term_at};
 use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
 use super::{Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
@@ -96,7 +97,10 @@ impl Node {
                     format!("partition {p} has no primary"),
                 )),
                 Some(primary) if primary == self.id => self.primary_write(p, batch).await,
-                Some(primary) => self.forward(primary, p, map.epoch.0, batch).await,
+                Some(primary) => {
+                    self.forward_while_primary(primary, p, map.epoch.0, batch)
+                        .await
+                }
             };
             match result {
                 Ok(()) => return Ok(()),
@@ -115,6 +119,34 @@ impl Node {
                     }
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Forwards to `primary`, but gives up as soon as the map names another
+    /// primary for `p`: a hung old primary (paused, partitioned) must not
+    /// hold the write past the failover. Resending is safe: writes are
+    /// idempotent, and the old primary can no longer acknowledge.
+    async fn forward_while_primary(
+        &self,
+        primary: NodeId,
+        p: u32,
+        epoch: u64,
+        batch: &[u8],
+    ) -> WriteResult {
+        let forward = self.forward(primary, p, epoch, batch);
+        tokio::pin!(forward);
+        loop {
+            tokio::select! {
+                r = &mut forward => return r,
+                _ = self.map_changed.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            }
+            if self.map().primary(PartitionId(p)) != Some(primary) {
+                return Err((
+                    ErrorCode::StaleMap,
+                    format!("partition {p}: the primary moved away from node {primary}"),
+                ));
             }
         }
     }
@@ -171,6 +203,18 @@ impl Node {
             ));
         }
         let term = info.term.0;
+        if self.fence_of(p) > term {
+            // A newer primary already took over through this copy: the map
+            // here is behind. Refuse before appending anything of this term.
+            self.metrics.add_fenced_write();
+            return Err((
+                ErrorCode::Fenced,
+                format!(
+                    "partition {p}: term {term} is fenced by term {}",
+                    self.fence_of(p)
+                ),
+            ));
+        }
         let part = self.partition(p)?;
         if self.synced_term(p) < term {
             // First write of this term here (the map-change sync did not
@@ -180,6 +224,8 @@ impl Node {
         let lsn = part
             .append(Term(term), batch)
             .map_err(|e| store_error(p, e))?;
+        self.count_written(p, batch.len());
+        let prev_term = term_at(&part.term_history(), lsn.0 - 1);
         let targets: Vec<NodeId> = info
             .replicas
             .iter()
@@ -190,17 +236,30 @@ impl Node {
         let mut waits = Vec::new();
         for r in targets {
             if map.is_active_copy(pid, r) {
-                waits.push(self.replicate_to(r, p, term, lsn.0, batch));
+                waits.push(self.replicate_to(r, p, term, lsn.0, prev_term, batch));
             } else if map
                 .state_of(r)
                 .is_some_and(|s| s != controller::NodeState::Down)
             {
                 // A catching-up copy: keep it fed, but do not wait for it.
-                self.replicate_best_effort(r, p, map.epoch.0, term, lsn.0, batch.to_vec());
+                let record = Replicate {
+                    partition: p,
+                    epoch: map.epoch.0,
+                    term,
+                    lsn: lsn.0,
+                    prev_term,
+                    batch,
+                };
+                self.replicate_best_effort(r, record.encode());
             }
         }
         for w in waits {
-            w.await?;
+            if let Err(e) = w.await {
+                if e.0 == ErrorCode::Fenced {
+                    self.metrics.add_fenced_write();
+                }
+                return Err(e);
+            }
         }
         self.metrics.add_replicated_batch();
         Ok(())
@@ -326,6 +385,7 @@ impl Node {
         p: u32,
         term: u64,
         lsn: u64,
+        prev_term: u64,
         batch: &[u8],
     ) -> WriteResult {
         let pid = PartitionId(p);
@@ -357,6 +417,7 @@ impl Node {
                 epoch: map.epoch.0,
                 term,
                 lsn,
+                prev_term,
                 batch,
             }
             .encode();
@@ -369,8 +430,25 @@ impl Node {
                     if !ack.gap {
                         return Ok(());
                     }
-                    self.resend(&client, p, map.epoch.0, ack.last_lsn + 1, lsn)
-                        .await?;
+                    // Resend from where the replica's log stops matching ours:
+                    // after its last record, or where its last term ended here.
+                    let part = self.partition(p)?;
+                    let history: Vec<(u64, u64)> = part
+                        .term_history()
+                        .into_iter()
+                        .map(|(t, l)| (t.0, l.0))
+                        .collect();
+                    let from =
+                        divergence_point(ack.last_term, ack.last_lsn, &history, part.last_lsn().0)
+                            .unwrap_or(ack.last_lsn)
+                            + 1;
+                    self.resend(&client, p, map.epoch.0, from, lsn).await?;
+                    if Instant::now() > deadline {
+                        return Err((
+                            ErrorCode::Unavailable,
+                            format!("partition {p}: replica {replica} does not take record {lsn}"),
+                        ));
+                    }
                 }
                 Err(ClientError::Remote {
                     code: ErrorCode::Fenced,
@@ -397,7 +475,8 @@ impl Node {
     }
 
     /// Sends log records `[from, until)` in order, so that a replica that
-    /// missed some (a dropped connection) has no gap before `until`.
+    /// missed some (a dropped connection) has no gap before `until`. Stops
+    /// early when the replica still cannot append one (the caller asks again).
     async fn resend(
         &self,
         client: &crate::net::Client,
@@ -407,6 +486,7 @@ impl Node {
         until: u64,
     ) -> WriteResult {
         let part = self.partition(p)?;
+        let mut prev_term = term_at(&part.term_history(), from.saturating_sub(1));
         while from < until {
             let records = part
                 .read_log(Lsn(from), RESEND_BYTES_MAX)
@@ -423,40 +503,30 @@ impl Node {
                     epoch,
                     term: term.0,
                     lsn: lsn.0,
+                    prev_term,
                     batch: &batch,
                 }
                 .encode();
-                client
+                let answer = client
                     .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
                     .await
                     .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
+                if ReplicateAck::decode(&answer)?.gap {
+                    return Ok(());
+                }
                 from = lsn.0 + 1;
+                prev_term = term.0;
             }
         }
         Ok(())
     }
 
-    fn replicate_best_effort(
-        &self,
-        replica: NodeId,
-        p: u32,
-        epoch: u64,
-        term: u64,
-        lsn: u64,
-        batch: Vec<u8>,
-    ) {
+    /// Sends an encoded `Replicate` without waiting for it.
+    fn replicate_best_effort(&self, replica: NodeId, payload: Vec<u8>) {
         let Some(client) = self.peer(replica) else {
             return;
         };
         tokio::spawn(async move {
-            let payload = Replicate {
-                partition: p,
-                epoch,
-                term,
-                lsn,
-                batch: &batch,
-            }
-            .encode();
             let _ = client
                 .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
                 .await;
@@ -503,29 +573,65 @@ pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
             ),
         ));
     }
+    // Log matching, as in Raft: one primary per term writes each LSN once,
+    // so the same (LSN, term) is the same record. A record of ours at that
+    // LSN from another term was never acknowledged: it and what follows go.
     let last = part.last_lsn().0;
-    if m.lsn > last + 1 {
-        return Ok(ReplicateAck {
-            last_lsn: last,
-            gap: true,
-        }
-        .encode());
-    }
     if m.lsn <= last {
+        if term_at(&part.term_history(), m.lsn) == m.term {
+            return Ok(ack(&part, false));
+        }
+        tracing::warn!(
+            partition = m.partition,
+            from = m.lsn,
+            to = last,
+            "truncating records of a term that lost (the primary has term {} there)",
+            m.term
+        );
+        part.truncate_after(Lsn(m.lsn - 1)).map_err(|e| {
+            (
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {}: cannot cut a divergent suffix, a full copy is needed: {e}",
+                    m.partition
+                ),
+            )
+        })?;
+    }
+    let last = part.last_lsn().0;
+    // A gap before the record: the primary resends from after our last.
+    if m.lsn > last + 1 {
+        return Ok(ack(&part, true));
+    }
+    // Our last record is not the primary's: we vouch only for the log
+    // before our last term, and the primary resends from there; records
+    // that then differ in term are cut above.
+    if last > 0 && part.last_term().0 != m.prev_term {
+        let history = part.term_history();
+        let before = history
+            .last()
+            .map_or(0, |(_, first)| first.0.saturating_sub(1));
         return Ok(ReplicateAck {
-            last_lsn: last,
-            gap: false,
+            last_lsn: before,
+            last_term: term_at(&history, before),
+            gap: true,
         }
         .encode());
     }
     part.apply_replicated(Lsn(m.lsn), Term(m.term), m.batch)
         .map_err(|e| store_error(m.partition, e))?;
+    node.count_written(m.partition, m.batch.len());
     node.metrics.add_applied();
-    Ok(ReplicateAck {
-        last_lsn: m.lsn,
-        gap: false,
+    Ok(ack(&part, false))
+}
+
+fn ack(part: &store::Partition, gap: bool) -> Vec<u8> {
+    ReplicateAck {
+        last_lsn: part.last_lsn().0,
+        last_term: part.last_term().0,
+        gap,
     }
-    .encode())
+    .encode()
 }
 
 fn store_error(p: u32, e: store::Error) -> (ErrorCode, String) {

@@ -139,6 +139,9 @@ impl Partition {
                 continue;
             }
             let file = ChunkFile::open(backend, &chunk_dir.join(&name))?;
+            // Damage is found here, at open, so that the node refetches the
+            // partition instead of failing queries later.
+            file.verify()?;
             state.add_file(file)?;
         }
         state.rejected_sealed = self.read_stats(state.covered)?;

@@ -523,6 +523,12 @@ fn a_damaged_chunk_is_never_served() {
     f.sync_all().unwrap();
     assert!(p.select(&[], 0, 10).is_empty(), "corrupt chunk served");
     assert_eq!(p.stats().corrupt_reads, 1);
+    // On the next open the damage is found up front: the partition is
+    // reported for a refetch and not opened at all.
+    drop((p, store));
+    let (store, report) = Store::open(StoreConfig::new(dir.path())).unwrap();
+    assert_eq!(report.corrupted.len(), 1, "{report:?}");
+    assert!(store.partition(P).is_none());
 }
 
 #[test]

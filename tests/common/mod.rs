@@ -5,8 +5,12 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use serde_json::Value;
 use tandem::cluster_file::ClusterFile;
@@ -17,7 +21,13 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: ClusterFile,
     /// Every pid this cluster ever had (restarts add more); all are killed on drop.
-    pids: std::sync::Mutex<Vec<u32>>,
+    pids: Mutex<Vec<u32>>,
+    /// Each node's current pid, by index in `file.nodes`.
+    node_pids: Mutex<Vec<u32>>,
+    /// Each controller's current pid, by index in `file.controllers`.
+    controller_pids: Mutex<Vec<u32>>,
+    /// Processes this harness started itself (restarts), to reap them.
+    children: Mutex<Vec<Child>>,
 }
 
 pub struct Layout {
@@ -25,6 +35,8 @@ pub struct Layout {
     pub hosts: u32,
     pub replicas: u32,
     pub partitions: u32,
+    /// Extra `tandem up` flags (`--down-after 2s`, ...).
+    pub extra: Vec<String>,
 }
 
 impl Default for Layout {
@@ -34,6 +46,7 @@ impl Default for Layout {
             hosts: 3,
             replicas: 2,
             partitions: 64,
+            extra: Vec::new(),
         }
     }
 }
@@ -59,6 +72,7 @@ impl Cluster {
                 "--partitions",
                 &layout.partitions.to_string(),
             ])
+            .args(&layout.extra)
             .output()
             .expect("run tandem up");
         let cluster_path = dir.path().join("cluster.json");
@@ -73,13 +87,17 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_default();
+        let file = file.unwrap_or(ClusterFile {
+            controllers: vec![],
+            nodes: vec![],
+        });
         let cluster = Cluster {
             dir,
-            file: file.unwrap_or(ClusterFile {
-                controllers: vec![],
-                nodes: vec![],
-            }),
-            pids: std::sync::Mutex::new(pids),
+            node_pids: Mutex::new(file.nodes.iter().map(|n| n.pid).collect()),
+            controller_pids: Mutex::new(file.controllers.iter().map(|n| n.pid).collect()),
+            file,
+            pids: Mutex::new(pids),
+            children: Mutex::new(Vec::new()),
         };
         assert!(
             out.status.success(),
@@ -143,19 +161,25 @@ impl Cluster {
     }
 
     fn query_form(&self, node: usize, form: &[(&str, &str)]) -> Value {
-        let url = format!("http://{}/api/v1/query", self.http(node));
-        let expr = form[0].1;
-        let resp = match ureq::post(&url)
-            .timeout(Duration::from_secs(30))
-            .send_form(form)
-        {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("query {expr:?} on node {node}: {e}"),
-        };
-        serde_json::from_str(&resp.into_string().expect("body")).expect("json")
+        query_http(&self.http(node), form)
     }
+}
 
+/// A PromQL instant query (form fields) against the HTTP address `http`.
+pub fn query_http(http: &str, form: &[(&str, &str)]) -> Value {
+    let url = format!("http://{http}/api/v1/query");
+    let resp = match ureq::post(&url)
+        .timeout(Duration::from_secs(30))
+        .send_form(form)
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("query {:?} at {http}: {e}", form[0].1),
+    };
+    serde_json::from_str(&resp.into_string().expect("body")).expect("json")
+}
+
+impl Cluster {
     /// The single value of an instant query that returns one sample.
     pub fn scalar(&self, node: usize, expr: &str) -> f64 {
         value_of(&format!("node {node}: {expr}"), self.query(node, expr))
@@ -215,13 +239,357 @@ impl Cluster {
     }
 }
 
+/// Process control: kill, stop, pause and restart the cluster's processes by pid.
+impl Cluster {
+    /// The node's index in `file.nodes` for its id.
+    pub fn index_of(&self, id: u64) -> usize {
+        self.file
+            .nodes
+            .iter()
+            .position(|n| n.id as u64 == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn node_id(&self, i: usize) -> u64 {
+        self.file.nodes[i].id as u64
+    }
+
+    pub fn node_pid(&self, i: usize) -> u32 {
+        self.node_pids.lock().unwrap()[i]
+    }
+
+    pub fn controller_pid(&self, i: usize) -> u32 {
+        self.controller_pids.lock().unwrap()[i]
+    }
+
+    /// `kill -9` node `i`, and waits until it is gone.
+    pub fn kill(&self, i: usize) {
+        let pid = self.node_pid(i);
+        signal(pid, Signal::SIGKILL);
+        self.wait_gone(pid);
+    }
+
+    /// `kill -9` controller `i`.
+    pub fn kill_controller(&self, i: usize) {
+        let pid = self.controller_pid(i);
+        signal(pid, Signal::SIGKILL);
+        self.wait_gone(pid);
+    }
+
+    /// SIGTERM node `i` (a clean stop: it syncs its logs) and waits until it is gone.
+    pub fn stop(&self, i: usize) {
+        let pid = self.node_pid(i);
+        signal(pid, Signal::SIGTERM);
+        self.wait_gone(pid);
+    }
+
+    pub fn pause(&self, i: usize) {
+        signal(self.node_pid(i), Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self, i: usize) {
+        signal(self.node_pid(i), Signal::SIGCONT);
+    }
+
+    /// Starts node `i` again with the command line `tandem up` recorded.
+    pub fn restart(&self, i: usize) {
+        let entry = &self.file.nodes[i];
+        let pid = self.respawn(&entry.command, &format!("node-{}", entry.id));
+        self.node_pids.lock().unwrap()[i] = pid;
+    }
+
+    /// Starts a new node `id` on `host` that joins this cluster; returns its
+    /// native and HTTP addresses. Its pid is killed with the cluster.
+    pub fn add_node(&self, id: u32, host: &str) -> (String, String) {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .to_string()
+        };
+        let (listen, graphite, http) = (free(), free(), free());
+        let data = self.dir.path().join(format!("node-{id}"));
+        let command: Vec<String> = vec![
+            TANDEM.into(),
+            "node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--host".into(),
+            host.into(),
+            "--data".into(),
+            data.to_string_lossy().into_owned(),
+            "--listen".into(),
+            listen.clone(),
+            "--graphite".into(),
+            graphite,
+            "--http".into(),
+            http.clone(),
+            "--controller".into(),
+            self.file.controller_addrs().join(","),
+        ];
+        self.respawn(&command, &format!("node-{id}"));
+        (listen, http)
+    }
+
+    /// Starts controller `i` again with its recorded command line.
+    pub fn restart_controller(&self, i: usize) {
+        let entry = &self.file.controllers[i];
+        let pid = self.respawn(&entry.command, &format!("controller-{}", entry.id));
+        self.controller_pids.lock().unwrap()[i] = pid;
+    }
+
+    fn respawn(&self, command: &[String], name: &str) -> u32 {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("open log");
+        let child = Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("restart process");
+        let pid = child.id();
+        self.pids.lock().unwrap().push(pid);
+        self.children.lock().unwrap().push(child);
+        pid
+    }
+
+    /// Waits until `pid` has exited (reaping it if this harness started it).
+    fn wait_gone(&self, pid: u32) {
+        if let Some(child) = self
+            .children
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c.id() == pid)
+        {
+            let _ = child.wait();
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Gone, or a zombie waiting for init to reap it.
+            if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process {pid} did not exit");
+    }
+
+    /// The controller's view of node `id`: `Active`, `Down`, `Recovering`...
+    pub fn node_state(&self, id: u64) -> String {
+        let status = self.status();
+        status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == id)
+            .map(|n| n["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn wait_state(&self, id: u64, state: &str, timeout: Duration) {
+        self.wait_for(&format!("node {id} {state}"), timeout, || {
+            self.try_status()
+                .and_then(|s| {
+                    s["nodes"]
+                        .as_array()?
+                        .iter()
+                        .find(|n| n["id"] == id)
+                        .map(|n| n["state"] == state)
+                })
+                .unwrap_or(false)
+        });
+    }
+
+    /// `status --json`, or `None` while the controller does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.tandem(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Every partition's replicas, primary first (`status --partitions`).
+    pub fn partitions(&self) -> Vec<Vec<u64>> {
+        let s = self.json(&["status", "--partitions", "--json"]);
+        s["partitions"]["list"]
+            .as_array()
+            .expect("partition rows")
+            .iter()
+            .map(|row| {
+                row["replicas"]
+                    .as_array()
+                    .expect("replicas")
+                    .iter()
+                    .map(|n| n.as_u64().expect("node id"))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Node `i`'s `/metrics` page.
+    pub fn metrics(&self, i: usize) -> String {
+        let url = format!("http://{}/metrics", self.http(i));
+        let resp = ureq::get(&url)
+            .timeout(Duration::from_secs(10))
+            .call()
+            .unwrap_or_else(|e| panic!("metrics of node {i}: {e}"));
+        resp.into_string()
+            .unwrap_or_else(|e| panic!("metrics of node {i}: {e}"))
+    }
+
+    /// `tandem check --json`: the divergent partitions (must be none).
+    pub fn check(&self) -> Value {
+        let out = self.tandem(&["check", "--json"]);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "check: not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            out.status.success() && doc["divergent"].as_array().is_some_and(|d| d.is_empty()),
+            "check found divergence: {doc}"
+        );
+        doc
+    }
+
+    /// Starts `tandem push ARGS --json --quiet --cluster <this>` in the background.
+    pub fn start_push(&self, args: &[&str]) -> Push {
+        let child = Command::new(TANDEM)
+            .arg("push")
+            .args(args)
+            .args(["--json", "--quiet", "--cluster"])
+            .arg(self.cluster_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tandem push");
+        self.pids.lock().unwrap().push(child.id());
+        Push { child }
+    }
+
+    /// Queries node `i` every `every` on a thread until stopped; counts the answers.
+    pub fn start_probe(&self, i: usize, expr: &str, every: Duration) -> Probe {
+        let url = format!("http://{}/api/v1/query", self.http(i));
+        let expr = expr.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let answer = match ureq::post(&url)
+                    .timeout(Duration::from_secs(10))
+                    .send_form(&[("query", &expr)])
+                {
+                    Ok(r) => r.into_string().ok(),
+                    Err(ureq::Error::Status(_, r)) => r.into_string().ok(),
+                    Err(_) => None,
+                };
+                let doc: Option<Value> = answer.and_then(|a| serde_json::from_str(&a).ok());
+                let outcome = match doc {
+                    Some(d) if d["status"] == "success" => {
+                        if d["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
+                            ProbeOutcome::Warning
+                        } else {
+                            ProbeOutcome::Answered
+                        }
+                    }
+                    Some(_) => ProbeOutcome::Error,
+                    None => ProbeOutcome::NoAnswer,
+                };
+                log.push((at, outcome));
+                std::thread::sleep(every.saturating_sub(at.elapsed()));
+            }
+            log
+        });
+        Probe { stop, thread }
+    }
+}
+
+/// A `tandem push` running in the background.
+pub struct Push {
+    child: Child,
+}
+
+impl Push {
+    /// Waits for the push to end and returns its `--json` report.
+    pub fn finish(self) -> Value {
+        let out = self.child.wait_with_output().expect("wait for push");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "push report is not JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    Answered,
+    /// A success that says part of the answer is missing or came from a fallback.
+    Warning,
+    Error,
+    NoAnswer,
+}
+
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, ProbeOutcome)>>,
+}
+
+impl Probe {
+    /// Stops probing; returns each probe's start time and outcome.
+    pub fn finish(self) -> Vec<(Instant, ProbeOutcome)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("probe thread")
+    }
+}
+
+/// The value of one sample line of a Prometheus text page (`name{labels}`), 0 if absent.
+pub fn metric_value(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+fn signal(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("TANDEM_TEST_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("TANDEM_TEST_KEEP: kept {}", kept.keep().display());
+        }
         for pid in self.pids.lock().map(|p| p.clone()).unwrap_or_default() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            signal(pid, Signal::SIGCONT);
+            signal(pid, Signal::SIGKILL);
+        }
+        for child in self
+            .children
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+        {
+            let mut child = child;
+            let _ = child.wait();
         }
     }
 }

@@ -867,3 +867,53 @@ fn a_rolling_restart_with_drain_loses_nothing() {
     assert_nothing_lost(&c, &load, "vm", &report, &[0, 1, 2]);
     c.check();
 }
+
+#[test]
+fn check_finds_a_copy_that_differs_and_exits_1() {
+    let _serial = serial();
+    let c = Cluster::up(Layout {
+        // Room to tamper with a stopped node before it would be declared Down.
+        extra: vec!["--down-after".into(), "20s".into()],
+        ..Layout::default()
+    });
+    let load = Load::new(20);
+    let mut args = load.args(600, "vm");
+    let at = args.iter().position(|a| a == "--samples").unwrap();
+    args[at + 1] = "20".into();
+    let report = c.start_push(&as_strs(&args)).finish();
+    assert_nothing_lost(&c, &load, "vm", &report, &[0, 1, 2]);
+    c.check();
+
+    // Behind the cluster's back, one copy takes a sample the other never saw.
+    let victim = 2;
+    c.stop(victim);
+    let dir = c.file.nodes[victim].data.join("store");
+    let (store, _) = store::Store::open(store::StoreConfig::new(&dir)).unwrap();
+    let p = store.partition_ids()[0];
+    let part = store.partition(p).unwrap();
+    let mut b = store::batch::BatchBuilder::new();
+    b.push("rogue", "metric0", &[], load.start_ms, 1.0).unwrap();
+    let mut bytes = Vec::new();
+    b.encode(&mut bytes);
+    part.append(part.last_term(), &bytes).unwrap();
+    part.sync().unwrap();
+    drop((part, store));
+    c.restart(victim);
+    c.wait_for("node 3 serving again", Duration::from_secs(15), || {
+        ureq::get(&format!("http://{}/-/ready", c.http(victim)))
+            .call()
+            .is_ok()
+    });
+
+    let out = c.tandem(&["check", "--json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("check after tampering with partition {}: {doc}", p.0);
+    assert_eq!(out.status.code(), Some(1), "check must fail: {doc}");
+    let listed: Vec<u64> = doc["divergent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["partition"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![p.0 as u64]);
+}

@@ -525,6 +525,15 @@ impl PartitionLog {
             self.backend.remove_file(&self.dir.join(name))?;
             self.segments.remove(0);
         }
+        // Every record is trimmed: hand back the space a grown active segment
+        // holds by starting a minimal one after it (the new segment is
+        // durable before the old one goes, so a crash between leaves both).
+        let active_len = self.segments[0].map.bytes().len() as u64;
+        if lsn > self.last_lsn && active_len > self.config.segment_bytes_min {
+            let keep = self.history.len().saturating_sub(MAX_TERMS);
+            let history = self.history[keep..].to_vec();
+            self.replace_segments(Lsn(self.last_lsn.0 + 1), self.last_term, history)?;
+        }
         Ok(())
     }
 
@@ -537,19 +546,34 @@ impl PartitionLog {
             )));
         }
         let next_lsn = Lsn(next_lsn.0.max(1));
+        self.replace_segments(next_lsn, term, vec![(term, next_lsn)])
+    }
+
+    /// Replaces every segment by one minimal, empty segment of a new
+    /// generation that continues at `next_lsn` after `term` with `history`.
+    /// The new generation is durable before the old files go; reopen deletes
+    /// an older generation left behind by a crash in between.
+    fn replace_segments(
+        &mut self,
+        next_lsn: Lsn,
+        term: Term,
+        history: Vec<(Term, Lsn)>,
+    ) -> Result<()> {
         self.gen += 1;
-        let terms = vec![(term, next_lsn)];
-        let seg =
-            match self.create_segment(next_lsn, term, terms.clone(), self.config.segment_bytes_min)
-            {
-                Ok(seg) => seg,
-                Err(e) => {
-                    self.gen -= 1;
-                    return Err(e);
-                }
-            };
+        let seg = match self.create_segment(
+            next_lsn,
+            term,
+            history.clone(),
+            self.config.segment_bytes_min,
+        ) {
+            Ok(seg) => seg,
+            Err(e) => {
+                self.gen -= 1;
+                return Err(e);
+            }
+        };
         let old = std::mem::replace(&mut self.segments, vec![seg]);
-        self.history = terms;
+        self.history = history;
         self.last_lsn = Lsn(next_lsn.0 - 1);
         self.last_term = term;
         // Reopen deletes older generations, so a failure here leaves nothing inconsistent.
@@ -874,6 +898,35 @@ mod tests {
         assert_eq!(log.term_history(), &full[..]);
         assert_eq!(log.first_lsn(), Lsn(4));
         assert_eq!(backend.paths().len(), 1);
+    }
+
+    #[test]
+    fn trimming_everything_gives_a_grown_segment_back() {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/1");
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        for term in 1..=4 {
+            log.append(Term(term), &[b'x'; 3000]).unwrap();
+        }
+        assert_eq!(backend.paths().len(), 3);
+        log.trim_before(Lsn(5)).unwrap();
+        // One minimal segment that continues after the last record.
+        assert_eq!(backend.paths().len(), 1);
+        assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(5), Lsn(4)));
+        assert_eq!(log.term_history().len(), 4);
+        assert_eq!(log.append(Term(4), b"next").unwrap(), Lsn(5));
+        drop(log);
+        let path = &backend.paths()[0];
+        assert_eq!(backend.read(path).unwrap().len(), 4 << 10);
+        let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(5), Lsn(5)));
+        assert_eq!(log.term_history().len(), 4);
+        let read: Vec<_> = log
+            .read_from(Lsn(5))
+            .unwrap()
+            .map(|r| r.unwrap().payload.to_vec())
+            .collect();
+        assert_eq!(read, vec![b"next".to_vec()]);
     }
 
     #[test]

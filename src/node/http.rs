@@ -47,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/-/healthy", get(healthy))
         .route("/health", get(healthy))
         .route("/-/ready", get(ready))
+        .route("/-/flush", axum::routing::post(flush))
         .with_state(node)
 }
 
@@ -443,6 +444,26 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     }
     let body = node.metrics.render(&extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Seals every local partition's head into a chunk file now (and trims its
+/// log), as the seal policy would later: for backups and for measuring the
+/// bytes on disk. Answers how many partitions were sealed.
+async fn flush(State(node): State<Arc<Node>>) -> Response {
+    let sealed = tokio::task::spawn_blocking(move || node.seal_all()).await;
+    match sealed {
+        Ok(Ok(n)) => (StatusCode::OK, format!("sealed {n} partitions\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flush failed: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flush failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn healthy() -> &'static str {

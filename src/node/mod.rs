@@ -364,6 +364,18 @@ impl Node {
         }
     }
 
+    /// Seals every local partition now; the count sealed.
+    fn seal_all(&self) -> Result<usize, store::Error> {
+        let mut n = 0;
+        for p in self.store.partition_ids() {
+            if let Some(part) = self.store.partition(p) {
+                part.seal()?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     fn seal_due(&self) {
         for p in self.store.partition_ids() {
             if let Some(part) = self.store.partition(p) {

@@ -158,6 +158,11 @@ fn observe(history: &mut Vec<(Term, Lsn)>, term: Term, lsn: Lsn) {
     }
 }
 
+/// The size of the segment an emptied log (reset, or trimmed past its last
+/// record) starts with.
+const EMPTY_SEGMENT_BYTES: u64 = 4096;
+const PAGE: usize = 4096;
+
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, verifying every record. A torn tail is cut off;
     /// damage before the synced watermark is `Error::Corrupted`.
@@ -414,6 +419,7 @@ impl PartitionLog {
         let needed = ((DATA_START + frame_len) as u64).next_power_of_two();
         let size = (active.map.bytes().len() as u64 * 2)
             .max(needed)
+            .max(self.config.segment_bytes_min)
             .min(self.config.segment_bytes_max);
         let keep = self.history.len().saturating_sub(MAX_TERMS);
         let terms = self.history[keep..].to_vec();
@@ -529,7 +535,7 @@ impl PartitionLog {
         // holds by starting a minimal one after it (the new segment is
         // durable before the old one goes, so a crash between leaves both).
         let active_len = self.segments[0].map.bytes().len() as u64;
-        if lsn > self.last_lsn && active_len > self.config.segment_bytes_min {
+        if lsn > self.last_lsn && active_len > EMPTY_SEGMENT_BYTES {
             let keep = self.history.len().saturating_sub(MAX_TERMS);
             let history = self.history[keep..].to_vec();
             self.replace_segments(Lsn(self.last_lsn.0 + 1), self.last_term, history)?;
@@ -549,7 +555,7 @@ impl PartitionLog {
         self.replace_segments(next_lsn, term, vec![(term, next_lsn)])
     }
 
-    /// Replaces every segment by one minimal, empty segment of a new
+    /// Replaces every segment by one empty, one-page segment of a new
     /// generation that continues at `next_lsn` after `term` with `history`.
     /// The new generation is durable before the old files go; reopen deletes
     /// an older generation left behind by a crash in between.
@@ -560,12 +566,9 @@ impl PartitionLog {
         history: Vec<(Term, Lsn)>,
     ) -> Result<()> {
         self.gen += 1;
-        let seg = match self.create_segment(
-            next_lsn,
-            term,
-            history.clone(),
-            self.config.segment_bytes_min,
-        ) {
+        // One page: an emptied log holds nothing, and the first append that
+        // does not fit rolls to a segment of the size it needs.
+        let seg = match self.create_segment(next_lsn, term, history.clone(), EMPTY_SEGMENT_BYTES) {
             Ok(seg) => seg,
             Err(e) => {
                 self.gen -= 1;
@@ -619,6 +622,15 @@ impl PartitionLog {
             if let Err(e) = seg.write_watermark() {
                 seg.synced_end = old;
                 return Err(e);
+            }
+            // Synced records are read again only by a catch-up or a restart:
+            // keep them out of resident memory (whole pages, never the
+            // header page the watermark lives in).
+            let from = (old / PAGE) * PAGE;
+            let from = from.max(PAGE);
+            let to = (seg.synced_end / PAGE) * PAGE;
+            if to > from {
+                seg.map.release(from, to - from);
             }
         }
         Ok(())

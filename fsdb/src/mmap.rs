@@ -42,6 +42,19 @@ impl MapMut for RwMap {
             .flush_range(offset, len)
             .map_err(|e| Error::io("msync", "<mapped segment>", e))
     }
+    fn release(&mut self, offset: usize, len: usize) {
+        let len = len.min(self.map.len().saturating_sub(offset));
+        // SAFETY: the map is a shared mapping of a file (MmapMut::map_mut),
+        // so MADV_DONTNEED only drops our page-table entries: the bytes stay
+        // in the page cache and in the file, and the next access reads them
+        // back. No reference into the range is held across this call (the
+        // caller has `&mut self`).
+        #[cfg(target_os = "linux")]
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+    }
     fn prepare_write(&mut self, offset: usize, len: usize) {
         let len = len.min(self.map.len().saturating_sub(offset));
         // Kernels before 5.14 lack MADV_POPULATE_WRITE: the pages then fault in one by one.

@@ -116,7 +116,10 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         let mut doc = serde_json::to_value(&status)?;
         doc["controllers"] = serde_json::Value::Array(rows_json);
         doc["leader"] = serde_json::json!(leader_id);
-        doc["term"] = serde_json::json!(leader.as_ref().filter(|_| leader_id.is_some()).map(|l| l.term));
+        doc["term"] = serde_json::json!(leader
+            .as_ref()
+            .filter(|_| leader_id.is_some())
+            .map(|l| l.term));
         doc["committed_epoch"] = serde_json::json!(status.epoch.0);
         if let Some(rows) = &rows {
             doc["partitions"]["list"] = serde_json::to_value(rows)?;

@@ -145,8 +145,12 @@ static FAILED: Mutex<Option<HashMap<String, Instant>>> = Mutex::new(None);
 fn order(controllers: &[String]) -> VecDeque<String> {
     let leader = LEADER.lock().expect("poisoned").clone();
     let failed = FAILED.lock().expect("poisoned");
-    let recently_failed =
-        |a: &String| failed.as_ref().and_then(|f| f.get(a)).is_some_and(|t| t.elapsed() < PENALTY);
+    let recently_failed = |a: &String| {
+        failed
+            .as_ref()
+            .and_then(|f| f.get(a))
+            .is_some_and(|t| t.elapsed() < PENALTY)
+    };
     let mut healthy: Vec<String> = Vec::new();
     let mut sick: Vec<String> = Vec::new();
     for a in leader.iter().chain(controllers) {

@@ -86,7 +86,11 @@ pub fn now_ms() -> u64 {
 }
 
 /// Parses `--peers` (ID=ADDR) into the group's members, this one included.
-pub fn members(id: u64, listen: &str, peers: &[String]) -> anyhow::Result<BTreeMap<u64, BasicNode>> {
+pub fn members(
+    id: u64,
+    listen: &str,
+    peers: &[String],
+) -> anyhow::Result<BTreeMap<u64, BasicNode>> {
     let mut members = BTreeMap::new();
     for p in peers.iter().filter(|p| !p.is_empty()) {
         let (pid, addr) = p
@@ -101,9 +105,7 @@ pub fn members(id: u64, listen: &str, peers: &[String]) -> anyhow::Result<BTreeM
             bail!("--peers lists controller {pid} twice");
         }
     }
-    members
-        .entry(id)
-        .or_insert_with(|| BasicNode::new(listen));
+    members.entry(id).or_insert_with(|| BasicNode::new(listen));
     if members.len() % 2 == 0 {
         bail!(
             "a controller group of {} cannot survive more failures than one of {}; use 1 or 3 controllers",
@@ -134,15 +136,9 @@ pub async fn run(args: ControllerArgs, shutdown: broadcast::Sender<()>) -> anyho
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let raft = Raft::new(
-        args.id,
-        Arc::new(raft::config()?),
-        Network,
-        log,
-        sm.clone(),
-    )
-    .await
-    .context("cannot start raft")?;
+    let raft = Raft::new(args.id, Arc::new(raft::config()?), Network, log, sm.clone())
+        .await
+        .context("cannot start raft")?;
     let service = Arc::new(Service {
         id: args.id,
         addr: members[&args.id].addr.clone(),
@@ -167,7 +163,11 @@ pub async fn run(args: ControllerArgs, shutdown: broadcast::Sender<()>) -> anyho
         }
     }
     tokio::spawn(watch_leadership(service.clone(), shutdown.subscribe()));
-    tokio::spawn(tick_loop(service.clone(), args.heartbeat, shutdown.subscribe()));
+    tokio::spawn(tick_loop(
+        service.clone(),
+        args.heartbeat,
+        shutdown.subscribe(),
+    ));
     let _ = server.await;
     let _ = raft.shutdown().await;
     Ok(())
@@ -212,10 +212,9 @@ async fn tick_loop(service: Arc<Service>, period: Duration, mut shutdown: broadc
             continue;
         };
         let now = now_ms();
-        let events = service.sm.with_map(|map| {
-            service
-                .liveness(term, |l| l.tick(map, &service.config, now))
-        });
+        let events = service
+            .sm
+            .with_map(|map| service.liveness(term, |l| l.tick(map, &service.config, now)));
         for event in events {
             match service.propose(event.clone(), now).await {
                 Ok(r) => log_actions(&r.actions),
@@ -256,7 +255,10 @@ impl Service {
     fn liveness<T>(&self, term: u64, f: impl FnOnce(&mut Liveness) -> T) -> T {
         let mut state = self.leader.lock().expect("poisoned");
         if state.term != term {
-            tracing::info!(term, "new term: liveness starts over, every node gets a full --down-after");
+            tracing::info!(
+                term,
+                "new term: liveness starts over, every node gets a full --down-after"
+            );
             *state = LeaderState {
                 term,
                 liveness: Liveness::default(),
@@ -267,7 +269,11 @@ impl Service {
 
     /// Proposes one event and waits until it is committed and applied.
     /// A controller that lost its leadership cannot get it committed.
-    async fn propose(&self, event: Event, now_ms: u64) -> Result<raft::Response, (ErrorCode, String)> {
+    async fn propose(
+        &self,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<raft::Response, (ErrorCode, String)> {
         match self.raft.client_write(Request { event, now_ms }).await {
             Ok(r) => match r.data.error {
                 Some(e) => Err((ErrorCode::BadRequest, e)),
@@ -281,7 +287,10 @@ impl Service {
                         .zip(f.leader_node.as_ref().map(|n| n.addr.as_str())),
                 ),
             )),
-            Err(e) => Err((ErrorCode::Unavailable, format!("map change not committed: {e}"))),
+            Err(e) => Err((
+                ErrorCode::Unavailable,
+                format!("map change not committed: {e}"),
+            )),
         }
     }
 
@@ -366,8 +375,11 @@ impl Service {
             ControlRequest::Drain { node } => self.command(Event::Drain { node }, now).await,
             ControlRequest::SafeToStop { node } => {
                 let verdict = self.sm.with_map(|map| {
-                    map.node(node)
-                        .map(|_| controller::safe_to_stop(map, node).err().unwrap_or_default())
+                    map.node(node).map(|_| {
+                        controller::safe_to_stop(map, node)
+                            .err()
+                            .unwrap_or_default()
+                    })
                 });
                 let Some(partitions) = verdict else {
                     return Err((

@@ -47,7 +47,8 @@ fn acked(report: &Value) -> u64 {
     report["acked"].as_u64().expect("acked")
 }
 
-/// Samples stored for the resources of the given prefixes, through `node`.
+/// Samples stored for the resources of the given prefixes, through `node`
+/// (0 while there are none).
 fn count(c: &Cluster, node: usize, prefixes: &[&str]) -> u64 {
     let re = prefixes
         .iter()
@@ -55,7 +56,16 @@ fn count(c: &Cluster, node: usize, prefixes: &[&str]) -> u64 {
         .collect::<Vec<_>>()
         .join("|");
     let q = format!(r#"sum(count_over_time({{__name__="metric0", resource=~"{re}"}}[1h]))"#);
-    c.scalar_at(node, &q, now_s() + 1) as u64
+    let doc = c.query_at(node, &q, now_s() + 1);
+    assert_eq!(doc["status"], "success", "{q}: {doc}");
+    match doc["data"]["result"].as_array().map(Vec::as_slice) {
+        Some([]) => 0,
+        Some([one]) => one["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{q}: {doc}")) as u64,
+        _ => panic!("{q}: {doc}"),
+    }
 }
 
 fn controller_row(status: &Value, id: u64) -> Value {
@@ -170,7 +180,10 @@ fn a_paused_leader_cannot_change_the_map_and_rejoins_as_follower() {
     assert!(after["term"].as_u64() > controller_row(&before, old)["term"].as_u64());
     // Nothing the old leader decided in its old term took effect: no node
     // went Down, the map is the one from before the pause.
-    assert_eq!(after["committed_epoch"], before["committed_epoch"], "{after}");
+    assert_eq!(
+        after["committed_epoch"], before["committed_epoch"],
+        "{after}"
+    );
     assert_eq!(node_states(&after), node_states(&before), "{after}");
     let log = std::fs::read_to_string(c.dir.path().join(format!("controller-{old}.log")))
         .unwrap_or_default();
@@ -191,7 +204,9 @@ fn with_two_controllers_down_the_data_path_serves_and_failover_waits_for_a_leade
     for &id in &down {
         c.kill9(c.controller(id).pid);
     }
-    c.wait_for("no leader", Duration::from_secs(10), || c.leader().is_none());
+    c.wait_for("no leader", Duration::from_secs(10), || {
+        c.leader().is_none()
+    });
     let status = c.status();
     assert_eq!(status["leader"], Value::Null, "{status}");
     let text = c.tandem(&["status"]);
@@ -218,10 +233,14 @@ fn with_two_controllers_down_the_data_path_serves_and_failover_waits_for_a_leade
     }
     let (new_leader, took) = c.wait_for_leader(None, LEADER_TIMEOUT);
     println!("controllers back; controller {new_leader} leads after {took:?}");
-    c.wait_for("node 1 Down and failed over", Duration::from_secs(30), || {
-        let s = c.status();
-        node_states(&s)[0].1 == "Down" && s["partitions"]["unavailable"] == 0
-    });
+    c.wait_for(
+        "node 1 Down and failed over",
+        Duration::from_secs(30),
+        || {
+            let s = c.status();
+            node_states(&s)[0].1 == "Down" && s["partitions"]["unavailable"] == 0
+        },
+    );
     println!("failover done {:?} after the restart", restarted.elapsed());
     let d = push(&c, "nd", 20, 50, &[]);
     assert_eq!(d["failed"], 0, "{d}");

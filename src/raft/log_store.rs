@@ -246,7 +246,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let vote = *vote;
         self.blocking(move |f| {
-            let bytes = serde_json::to_vec(&vote).map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
+            let bytes = serde_json::to_vec(&vote)
+                .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
             super::write_atomic(&f.dir.join("vote.json"), &bytes, true)
                 .map_err(|e| StorageIOError::write_vote(io_err(&e)))?;
             f.vote = Some(vote);
@@ -261,7 +262,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.blocking(move |f| {
-            let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+            let bytes = serde_json::to_vec(&committed)
+                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
             super::write_atomic(&f.dir.join("committed.json"), &bytes, false)
                 .map_err(|e| StorageIOError::write(io_err(&e)))?;
             f.committed = committed;
@@ -274,16 +276,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.inner.lock().expect("poisoned").committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
         let inner = self.inner.clone();
-        let result = tokio::task::spawn_blocking(move || inner.lock().expect("poisoned").append(entries))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let result =
+            tokio::task::spawn_blocking(move || inner.lock().expect("poisoned").append(entries))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
@@ -356,7 +363,12 @@ mod tests {
             .unwrap()
             .purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
             .unwrap();
-        store.inner.lock().unwrap().append(vec![entry(2, 5)]).unwrap();
+        store
+            .inner
+            .lock()
+            .unwrap()
+            .append(vec![entry(2, 5)])
+            .unwrap();
         let reopened = LogStore::open(dir.path()).unwrap();
         assert_eq!(indexes(&reopened), vec![(1, 3), (2, 4), (2, 5)]);
         let inner = reopened.inner.lock().unwrap();
@@ -382,7 +394,12 @@ mod tests {
             let reopened = LogStore::open(dir.path()).unwrap();
             assert_eq!(indexes(&reopened), vec![(1, 1), (1, 2)]);
             // The cut file takes new appends after the last whole frame.
-            reopened.inner.lock().unwrap().append(vec![entry(1, 3)]).unwrap();
+            reopened
+                .inner
+                .lock()
+                .unwrap()
+                .append(vec![entry(1, 3)])
+                .unwrap();
             assert_eq!(indexes(&LogStore::open(dir.path()).unwrap()).len(), 3);
         }
         // A flipped bit in the body fails its checksum.

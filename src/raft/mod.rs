@@ -60,16 +60,18 @@ pub type LogId = openraft::LogId<u64>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StorageError = openraft::StorageError<u64>;
 
-/// Timing of the group. An election starts after 0.75–1.5 s without a
-/// leader's heartbeat (every 150 ms), so a new leader exists within about
-/// two seconds of the old one's death, yet a busy two-core machine does not
-/// trigger elections by accident.
+/// Timing of the group. Leaders heartbeat every 100 ms. A follower that
+/// has followed a leader honours its lease (`election_timeout_max`, 1 s)
+/// and then waits its own randomized election timeout (0.5-1 s) before it
+/// stands: a dead leader is replaced about 1.5-2 s after its last
+/// heartbeat, and a busy two-core machine needs a stall of more than 1.5 s
+/// to trigger an election by accident.
 pub fn config() -> anyhow::Result<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "tandem-controllers".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 750,
-        election_timeout_max: 1500,
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         // The map is small: a snapshot every 500 entries keeps the log short.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
         max_in_snapshot_log_to_keep: 100,
@@ -80,7 +82,11 @@ pub fn config() -> anyhow::Result<openraft::Config> {
 
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync
 /// the directory. A reader sees the old or the new content, never a mix.
-pub(crate) fn write_atomic(path: &std::path::Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+pub(crate) fn write_atomic(
+    path: &std::path::Path,
+    bytes: &[u8],
+    sync: bool,
+) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;

@@ -63,7 +63,10 @@ impl StateMachine {
         let applied = match std::fs::read(&path) {
             Ok(bytes) => {
                 let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
-                    anyhow::anyhow!("controller snapshot {} does not decode: {e}", path.display())
+                    anyhow::anyhow!(
+                        "controller snapshot {} does not decode: {e}",
+                        path.display()
+                    )
                 })?;
                 stored.applied
             }
@@ -270,7 +273,12 @@ mod tests {
     #[test]
     fn every_replica_computes_the_same_map_and_epochs_advance_only_on_change() {
         let log: Vec<Entry> = (1..=3)
-            .map(|n| normal(n, Event::Register(NodeSpec::bare(NodeId(n as u32), format!("h{n}")))))
+            .map(|n| {
+                normal(
+                    n,
+                    Event::Register(NodeSpec::bare(NodeId(n as u32), format!("h{n}"))),
+                )
+            })
             .chain([
                 normal(4, Event::Remove { node: NodeId(9) }), // refused: unknown node
                 normal(5, Event::Down { node: NodeId(2) }),
@@ -282,8 +290,11 @@ mod tests {
                 membership: StoredMembership::new(None, Membership::new(vec![], None)),
                 map: ClusterMap::new(16, 2).unwrap(),
             };
-            let responses: Vec<Response> =
-                log.iter().cloned().map(|e| apply_entry(&mut a, e)).collect();
+            let responses: Vec<Response> = log
+                .iter()
+                .cloned()
+                .map(|e| apply_entry(&mut a, e))
+                .collect();
             (a, responses)
         };
         let (a, ra) = run();
@@ -291,8 +302,15 @@ mod tests {
         assert_eq!(a.map, b.map);
         assert_eq!(ra, rb);
         let epochs: Vec<u64> = ra.iter().map(|r| r.epoch).collect();
-        assert_eq!(epochs[3], epochs[2], "a refused event leaves the epoch: {ra:?}");
-        assert!(ra[3].error.as_deref().unwrap().contains("node 9"), "{:?}", ra[3]);
+        assert_eq!(
+            epochs[3], epochs[2],
+            "a refused event leaves the epoch: {ra:?}"
+        );
+        assert!(
+            ra[3].error.as_deref().unwrap().contains("node 9"),
+            "{:?}",
+            ra[3]
+        );
         assert!(epochs[4] > epochs[3], "{epochs:?}");
         assert_eq!(a.last_applied.map(|l| l.index), Some(5));
     }

@@ -236,6 +236,18 @@ impl Service {
     fn leader_term(&self) -> Result<u64, (ErrorCode, String)> {
         let m = self.raft.metrics().borrow().clone();
         if m.state == ServerState::Leader && m.current_leader == Some(self.id) {
+            // A new leader's first entry is the blank entry of its term:
+            // until it is applied, the map may lack entries committed by
+            // the previous leader, and must not be served or acted on.
+            if m.last_applied.map(|l| l.leader_id.term) != Some(m.current_term) {
+                return Err((
+                    ErrorCode::Unavailable,
+                    format!(
+                        "controller {} was just elected (term {}) and is still applying the log; retry",
+                        self.id, m.current_term
+                    ),
+                ));
+            }
             return Ok(m.current_term);
         }
         let leader = m.current_leader.filter(|&l| l != self.id).and_then(|l| {

@@ -63,6 +63,9 @@ pub struct ControllerArgs {
     pub heartbeat: Duration,
 }
 
+/// How long a proposal may wait for its commit.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The leader's soft state: liveness, valid for one term only.
 struct LeaderState {
     term: u64,
@@ -286,7 +289,16 @@ impl Service {
         event: Event,
         now_ms: u64,
     ) -> Result<raft::Response, (ErrorCode, String)> {
-        match self.raft.client_write(Request { event, now_ms }).await {
+        let write = self.raft.client_write(Request { event, now_ms });
+        // A leader cut off from the majority would wait forever: give up
+        // (the entry may still commit later; the map is the truth).
+        let Ok(written) = tokio::time::timeout(PROPOSE_TIMEOUT, write).await else {
+            return Err((
+                ErrorCode::Unavailable,
+                format!("map change not committed within {PROPOSE_TIMEOUT:?}: no majority of controllers"),
+            ));
+        };
+        match written {
             Ok(r) => match r.data.error {
                 Some(e) => Err((ErrorCode::BadRequest, e)),
                 None => Ok(r.data),

@@ -67,14 +67,21 @@ pub type StorageError = openraft::StorageError<u64>;
 /// heartbeat, and a busy two-core machine needs a stall of more than 1.5 s
 /// to trigger an election by accident.
 pub fn config() -> anyhow::Result<openraft::Config> {
+    config_with_snapshots(SNAPSHOT_EVERY)
+}
+
+/// The map is small: a snapshot every 500 entries keeps the log short.
+const SNAPSHOT_EVERY: u64 = 500;
+
+/// [`config`] with another snapshot interval (tests snapshot sooner).
+pub fn config_with_snapshots(every: u64) -> anyhow::Result<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "tandem-controllers".into(),
         heartbeat_interval: 100,
         election_timeout_min: 500,
         election_timeout_max: 1000,
-        // The map is small: a snapshot every 500 entries keeps the log short.
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(every),
+        max_in_snapshot_log_to_keep: every / 5,
         ..Default::default()
     };
     Ok(config.validate()?)
@@ -101,4 +108,139 @@ pub(crate) fn write_atomic(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! A whole group in one process: three Rafts over real loopback
+    //! sockets and real files.
+
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use controller::{ClusterMap, NodeId, NodeSpec};
+    use openraft::BasicNode;
+    use tokio::net::TcpListener;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::net::{self, ReplyFuture};
+    use crate::proto::{ErrorCode, Frame};
+
+    /// One member's listener: it outlives the member's Raft, so that a
+    /// "restart" (a new Raft from the same files) keeps the address. While
+    /// no Raft is set, RPCs fail as if the member were down.
+    #[derive(Default)]
+    struct Router(Mutex<Option<Raft>>);
+
+    impl net::Handler for Router {
+        fn handle(self: &Arc<Self>, frame: Frame) -> ReplyFuture {
+            let raft = self.0.lock().unwrap().clone();
+            Box::pin(async move {
+                match raft {
+                    Some(raft) => network::handle(raft, &frame.payload).await,
+                    None => Err((ErrorCode::Unavailable, "member down".into())),
+                }
+            })
+        }
+    }
+
+    async fn start(
+        id: u64,
+        dir: &std::path::Path,
+        router: &Router,
+    ) -> (Raft, state_machine::StateMachine) {
+        let log = log_store::LogStore::open(dir).unwrap();
+        let sm = state_machine::StateMachine::open(dir, 16, 2).unwrap();
+        let config = Arc::new(config_with_snapshots(20).unwrap());
+        let raft = Raft::new(id, config, network::Network, log, sm.clone())
+            .await
+            .unwrap();
+        *router.0.lock().unwrap() = Some(raft.clone());
+        (raft, sm)
+    }
+
+    async fn propose(raft: &Raft, event: Event) -> Response {
+        raft.client_write(Request { event, now_ms: 1 })
+            .await
+            .unwrap()
+            .data
+    }
+
+    fn timeout() -> Option<Duration> {
+        Some(Duration::from_secs(20))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_that_missed_purged_entries_catches_up_by_snapshot() {
+        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let (_stop, _) = broadcast::channel::<()>(1);
+        let mut members = BTreeMap::new();
+        let mut routers = Vec::new();
+        for id in 1..=3u64 {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            members.insert(id, BasicNode::new(l.local_addr().unwrap().to_string()));
+            let router = Arc::new(Router::default());
+            tokio::spawn(net::serve(l, router.clone(), _stop.subscribe()));
+            routers.push(router);
+        }
+        let mut group = Vec::new();
+        for (i, router) in routers.iter().enumerate() {
+            group.push(start(i as u64 + 1, dirs[i].path(), router).await);
+        }
+        group[0].0.initialize(members.clone()).await.unwrap();
+        let m = group[0]
+            .0
+            .wait(timeout())
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .unwrap();
+        let leader = &group[m.current_leader.unwrap() as usize - 1].0;
+        for n in 1..=3 {
+            let spec = NodeSpec::bare(NodeId(n), format!("h{n}"));
+            assert_eq!(propose(leader, Event::Register(spec)).await.error, None);
+        }
+
+        // Stop a follower; the others go on far past a snapshot and a purge.
+        let follower = (1..=3u64).find(|&id| Some(id) != m.current_leader).unwrap();
+        let f = follower as usize - 1;
+        *routers[f].0.lock().unwrap() = None;
+        group[f].0.shutdown().await.unwrap();
+        for round in 0..60 {
+            let node = NodeId(1);
+            let event = if round % 2 == 0 {
+                Event::Drain { node }
+            } else {
+                Event::Undrain { node }
+            };
+            assert_eq!(propose(leader, event).await.error, None);
+        }
+        let lm = leader
+            .wait(timeout())
+            .metrics(|m| m.purged.is_some(), "the leader purges its log")
+            .await
+            .unwrap();
+        let want = lm.last_applied.unwrap().index;
+        let leader_map: ClusterMap = group[lm.id as usize - 1].1.applied().map;
+
+        // It comes back from its files.
+        let back = start(follower, dirs[f].path(), &routers[f]).await;
+        back.0
+            .wait(timeout())
+            .applied_index_at_least(Some(want), "the follower catches up")
+            .await
+            .unwrap();
+        let fm = back.0.metrics().borrow().clone();
+        assert!(
+            fm.snapshot
+                .is_some_and(|s| s.index >= lm.purged.unwrap().index),
+            "caught up by snapshot: {fm:?}"
+        );
+        assert_eq!(back.1.applied().map, leader_map);
+        assert!(dirs[f].path().join("snapshot.json").exists());
+        for member in group.iter().chain([&back]) {
+            let _ = member.0.shutdown().await;
+        }
+    }
 }

@@ -91,16 +91,18 @@ impl LogStore {
         })
     }
 
-    /// Runs `f` on the files off the async workers (it may fsync).
+    /// Runs `f` on the files off the async workers (it may fsync); a
+    /// failure becomes the storage error `what` makes of it.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut LogFiles) -> Result<T, StorageError> + Send + 'static,
+        f: impl FnOnce(&mut LogFiles) -> std::io::Result<T> + Send + 'static,
+        what: fn(AnyError) -> StorageIOError<u64>,
     ) -> Result<T, StorageError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&mut inner.lock().expect("poisoned")))
             .await
-            .map_err(|e| StorageIOError::write_logs(AnyError::new(&e)).into())
-            .and_then(|r| r)
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| what(io_err(&e)).into())
     }
 }
 
@@ -245,14 +247,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
         let vote = *vote;
-        self.blocking(move |f| {
-            let bytes = serde_json::to_vec(&vote)
-                .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)))?;
-            super::write_atomic(&f.dir.join("vote.json"), &bytes, true)
-                .map_err(|e| StorageIOError::write_vote(io_err(&e)))?;
-            f.vote = Some(vote);
-            Ok(())
-        })
+        self.blocking(
+            move |f| {
+                let bytes = serde_json::to_vec(&vote)?;
+                super::write_atomic(&f.dir.join("vote.json"), &bytes, true)?;
+                f.vote = Some(vote);
+                Ok(())
+            },
+            StorageIOError::write_vote,
+        )
         .await
     }
 
@@ -261,14 +264,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.blocking(move |f| {
-            let bytes = serde_json::to_vec(&committed)
-                .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
-            super::write_atomic(&f.dir.join("committed.json"), &bytes, false)
-                .map_err(|e| StorageIOError::write(io_err(&e)))?;
-            f.committed = committed;
-            Ok(())
-        })
+        self.blocking(
+            move |f| {
+                let bytes = serde_json::to_vec(&committed)?;
+                super::write_atomic(&f.dir.join("committed.json"), &bytes, false)?;
+                f.committed = committed;
+                Ok(())
+            },
+            StorageIOError::write,
+        )
         .await
     }
 
@@ -305,19 +309,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |f| {
-            f.truncate(log_id.index)
-                .map_err(|e| StorageIOError::write_logs(io_err(&e)).into())
-        })
+        self.blocking(
+            move |f| f.truncate(log_id.index),
+            StorageIOError::write_logs,
+        )
         .await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.blocking(move |f| {
-            f.purge(log_id)
-                .map_err(|e| StorageIOError::write_logs(io_err(&e)).into())
-        })
-        .await
+        self.blocking(move |f| f.purge(log_id), StorageIOError::write_logs)
+            .await
     }
 }
 

@@ -124,10 +124,11 @@ impl StateMachine {
         }
     }
 
-    fn persist(&self, stored: &StoredSnapshot) -> Result<Vec<u8>, StorageError> {
-        let bytes = serde_json::to_vec(stored).map_err(snapshot_err)?;
-        super::write_atomic(&self.path, &bytes, true).map_err(snapshot_err)?;
-        serde_json::to_vec(&stored.applied).map_err(snapshot_err)
+    /// Writes the snapshot file; returns the snapshot's data bytes.
+    fn persist(&self, stored: &StoredSnapshot) -> std::io::Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(stored)?;
+        super::write_atomic(&self.path, &bytes, true)?;
+        Ok(serde_json::to_vec(&stored.applied)?)
     }
 }
 
@@ -175,11 +176,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         let this = self.clone();
         let (meta, data) = tokio::task::spawn_blocking(move || {
-            let data = this.persist(&stored)?;
-            Ok::<_, StorageError>((stored.meta, data))
+            this.persist(&stored).map(|data| (stored.meta, data))
         })
         .await
-        .map_err(snapshot_err)??;
+        .map_err(snapshot_err)?
+        .map_err(snapshot_err)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -232,7 +233,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.persist(&stored))
             .await
-            .map_err(snapshot_err)??;
+            .map_err(snapshot_err)?
+            .map_err(snapshot_err)?;
         *self.applied.write().expect("poisoned") = applied;
         Ok(())
     }

@@ -17,9 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local cluster (a controller and N nodes on loopback); Ctrl-C stops it.
+    /// Start a local cluster (3 controllers and N nodes on loopback); Ctrl-C stops it.
     Up(up::UpArgs),
-    /// Run one controller.
+    /// Run one controller (a member of the controller group).
     Controller(controller_service::ControllerArgs),
     /// Run one data node.
     Node(node::NodeArgs),

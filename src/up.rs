@@ -1,4 +1,4 @@
-//! `tandem up`: a whole local cluster (controller and nodes on loopback) in one command.
+//! `tandem up`: a whole local cluster (a controller group and nodes on loopback) in one command.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -59,27 +59,108 @@ pub struct StatusArgs {
 
 pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let controllers = args.target.controllers()?;
-    let reply: StatusReply = control::call_blocking(
-        &controllers,
-        &ControlRequest::Status {
-            partitions: args.partitions,
-        },
-    )?;
+    let views = control::controller_views(&controllers);
+    // A paused, deposed leader may still believe it leads: the one with the
+    // highest term that the others agree on is the leader.
+    let leader = views
+        .iter()
+        .filter_map(|(_, v)| v.as_ref())
+        .filter(|v| v.role == "Leader" && v.leader == Some(v.id))
+        .max_by_key(|v| v.term)
+        .cloned();
+    let reply: Option<StatusReply> = match &leader {
+        Some(l) => control::call_blocking(
+            std::slice::from_ref(&l.addr),
+            &ControlRequest::Status {
+                partitions: args.partitions,
+            },
+        )
+        .ok(),
+        None => None,
+    };
+    // Without a leader: the last committed map of the most advanced controller.
+    let freshest = views
+        .iter()
+        .filter_map(|(_, v)| v.as_ref())
+        .max_by_key(|v| (v.epoch, v.last_applied))
+        .cloned();
+    let (status, rows) = match (&reply, &freshest) {
+        (Some(r), _) => (r.status.clone(), r.partitions.clone()),
+        (None, Some(f)) => (f.status.clone(), None),
+        (None, None) => bail!(
+            "no controller answered at {}; is the cluster running? (`tandem up`)",
+            controllers.join(",")
+        ),
+    };
+    let leader_id = reply.as_ref().and(leader.as_ref()).map(|l| l.id);
+    let ids: BTreeMap<String, u64> = views
+        .iter()
+        .filter_map(|(_, v)| v.as_ref())
+        .flat_map(|v| v.members.iter().map(|(id, a)| (a.clone(), *id)))
+        .collect();
+    let rows_json: Vec<serde_json::Value> = views
+        .iter()
+        .map(|(addr, v)| match v {
+            Some(v) => serde_json::json!({
+                "id": v.id, "addr": addr, "reachable": true, "role": v.role,
+                "leader": Some(v.id) == leader_id, "term": v.term,
+                "epoch": v.epoch, "last_applied": v.last_applied,
+            }),
+            None => serde_json::json!({
+                "id": ids.get(addr), "addr": addr, "reachable": false, "role": null,
+                "leader": false, "term": null, "epoch": null, "last_applied": null,
+            }),
+        })
+        .collect();
     if args.json {
-        let mut doc = serde_json::to_value(&reply.status)?;
-        doc["controllers"] = serde_json::json!([{ "id": reply.controller.id, "addr": reply.controller.addr, "leader": reply.controller.leader }]);
-        doc["leader"] = serde_json::json!(reply.controller.id);
-        if let Some(rows) = &reply.partitions {
+        let mut doc = serde_json::to_value(&status)?;
+        doc["controllers"] = serde_json::Value::Array(rows_json);
+        doc["leader"] = serde_json::json!(leader_id);
+        doc["term"] = serde_json::json!(leader
+            .as_ref()
+            .filter(|_| leader_id.is_some())
+            .map(|l| l.term));
+        doc["committed_epoch"] = serde_json::json!(status.epoch.0);
+        if let Some(rows) = &rows {
             doc["partitions"]["list"] = serde_json::to_value(rows)?;
         }
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(0);
     }
-    let s = &reply.status;
     println!(
-        "controller {} at {} (leader), map epoch {}",
-        reply.controller.id, reply.controller.addr, s.epoch.0
+        "{:<10} {:<21} {:<9} {:>5} {:>15}",
+        "CONTROLLER", "ADDRESS", "ROLE", "TERM", "COMMITTED-EPOCH"
     );
+    for row in &rows_json {
+        let id = row["id"].as_u64().map_or("?".into(), |i| i.to_string());
+        let role = if row["leader"] == true {
+            "leader".to_string()
+        } else {
+            row["role"]
+                .as_str()
+                .map_or("down".to_string(), |r| r.to_lowercase())
+        };
+        let num = |k: &str| row[k].as_u64().map_or("-".into(), |v| v.to_string());
+        println!(
+            "{:<10} {:<21} {:<9} {:>5} {:>15}",
+            id,
+            row["addr"].as_str().unwrap_or("?"),
+            role,
+            num("term"),
+            num("epoch")
+        );
+    }
+    match (&leader, leader_id) {
+        (Some(l), Some(_)) => println!(
+            "leader: controller {} at {} (term {}), map epoch {}",
+            l.id, l.addr, l.term, status.epoch.0
+        ),
+        _ => println!(
+            "no controller leader: map changes (failover, recovery, moves) wait until a majority of controllers is up; the data path serves with the last map (epoch {} shown)",
+            status.epoch.0
+        ),
+    }
+    let s = &status;
     println!(
         "{:<5} {:<8} {:<11} {:>9} {:>11} {:>11}  ADDRESS",
         "NODE", "HOST", "STATE", "PRIMARIES", "SECONDARIES", "CATCHING-UP"
@@ -105,7 +186,7 @@ pub fn status(args: StatusArgs) -> anyhow::Result<i32> {
         "partitions: {} total, {} healthy, {} moving, {} degraded, {} unavailable (R={})",
         p.total, p.healthy, p.moving, p.degraded, p.unavailable, s.replicas
     );
-    if let Some(rows) = &reply.partitions {
+    if let Some(rows) = &rows {
         println!(
             "{:<9} {:<6} {:<12} REPLICAS (primary first)",
             "PARTITION", "TERM", "STATE"

@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod proto;
 pub mod push;
+pub mod raft;
 pub mod up;
 
 use std::future::Future;

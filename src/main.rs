@@ -17,9 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a local cluster (a controller and N nodes on loopback); Ctrl-C stops it.
+    /// Start a local cluster (3 controllers and N nodes on loopback); Ctrl-C stops it.
     Up(up::UpArgs),
-    /// Run one controller.
+    /// Run one controller (a member of the controller group).
     Controller(controller_service::ControllerArgs),
     /// Run one data node.
     Node(node::NodeArgs),
@@ -41,8 +41,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| "info,openraft=error".into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -50,6 +50,8 @@ pub enum Kind {
     Snapshot = 10,
     /// Client -> node or controller: JSON control request.
     Control = 11,
+    /// Controller -> controller: one Raft RPC (`src/raft/network.rs`).
+    Raft = 12,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
         use Kind::*;
         [
             Write, Ack, Error, Forward, Replicate, CatchUp, Map, Select, Digest, Snapshot, Control,
+            Raft,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)
@@ -83,6 +86,9 @@ pub enum ErrorCode {
     Internal = 7,
     /// The catch-up source no longer has the log that far back: use a snapshot.
     TrimmedAway = 8,
+    /// This controller is not the leader of the controller group; the
+    /// message names the leader if one is known (`control::NotLeader`).
+    NotLeader = 9,
 }
 
 impl ErrorCode {
@@ -97,6 +103,7 @@ impl ErrorCode {
             Overloaded,
             Internal,
             TrimmedAway,
+            NotLeader,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)

@@ -1,4 +1,4 @@
-//! `tandem up`: a whole local cluster (controller and nodes on loopback) in one command.
+//! `tandem up`: a whole local cluster (a controller group and nodes on loopback) in one command.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -22,8 +22,8 @@ pub struct UpArgs {
     /// Copies of every partition (1 = HA off, 2 = primary + secondary).
     #[arg(long, default_value_t = 2)]
     pub replicas: u32,
-    /// Number of controllers. Only 1 for now: the replicated controller group is not built yet.
-    #[arg(long, default_value_t = 1)]
+    /// Number of controllers: a Raft group of 3 survives one failure; 1 runs without HA.
+    #[arg(long, default_value_t = 3)]
     pub controllers: u32,
     /// Partitions of the cluster, fixed at creation.
     #[arg(long, default_value_t = 1024)]
@@ -45,9 +45,9 @@ pub struct UpArgs {
 }
 
 pub fn run(args: UpArgs) -> anyhow::Result<i32> {
-    if args.controllers != 1 {
+    if args.controllers != 1 && args.controllers != 3 {
         bail!(
-            "--controllers {}: only a single controller is supported so far; use --controllers 1",
+            "--controllers {}: a controller group is 1 (no HA) or 3 (survives one failure)",
             args.controllers
         );
     }
@@ -77,37 +77,50 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
         nodes: Vec::new(),
     };
 
-    let controller_addr = free_addr()?;
-    let controller_data = data.join("controller-1");
-    let command = vec![
-        exe.clone(),
-        "controller".into(),
-        "--id".into(),
-        "1".into(),
-        "--listen".into(),
-        controller_addr.clone(),
-        "--data".into(),
-        path_arg(&controller_data),
-        "--replicas".into(),
-        args.replicas.to_string(),
-        "--partitions".into(),
-        args.partitions.to_string(),
-        "--down-after".into(),
-        humantime::format_duration(args.down_after).to_string(),
-    ];
-    let child = spawn(&command, &data.join("controller-1.log"))?;
-    file.controllers.push(ProcessEntry {
-        role: "controller".into(),
-        id: 1,
-        pid: child.id(),
-        host: "h1".into(),
-        listen: controller_addr.clone(),
-        graphite: None,
-        http: None,
-        data: controller_data,
-        command,
-    });
-    children.push(child);
+    let controller_addrs: Vec<String> = (0..args.controllers)
+        .map(|_| free_addr())
+        .collect::<anyhow::Result<_>>()?;
+    let peers: Vec<String> = controller_addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
+    for (i, addr) in controller_addrs.iter().enumerate() {
+        let id = i as u32 + 1;
+        let controller_data = data.join(format!("controller-{id}"));
+        let command = vec![
+            exe.clone(),
+            "controller".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--peers".into(),
+            peers.join(","),
+            "--data".into(),
+            path_arg(&controller_data),
+            "--replicas".into(),
+            args.replicas.to_string(),
+            "--partitions".into(),
+            args.partitions.to_string(),
+            "--down-after".into(),
+            humantime::format_duration(args.down_after).to_string(),
+        ];
+        let child = spawn(&command, &data.join(format!("controller-{id}.log")))?;
+        file.controllers.push(ProcessEntry {
+            role: "controller".into(),
+            id,
+            pid: child.id(),
+            host: format!("h{id}"),
+            listen: addr.clone(),
+            graphite: None,
+            http: None,
+            data: controller_data,
+            command,
+        });
+        children.push(child);
+    }
+    let controller_list = controller_addrs.join(",");
 
     for id in 1..=args.nodes {
         let host = format!("h{}", (id - 1) % args.hosts + 1);
@@ -129,7 +142,7 @@ pub fn run(args: UpArgs) -> anyhow::Result<i32> {
             "--http".into(),
             http.clone(),
             "--controller".into(),
-            controller_addr.clone(),
+            controller_list.clone(),
         ];
         let child = spawn(&command, &data.join(format!("node-{id}.log")))?;
         file.nodes.push(ProcessEntry {

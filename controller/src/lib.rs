@@ -27,8 +27,8 @@
 //! silence past `down_after_ms` (3 s) into [`Event::Down`], a heartbeat from
 //! a Down node into [`Event::Up`], and newly caught-up partitions reported in
 //! a heartbeat into [`Event::Progress`]. Only [`Event`]s change the map, so
-//! only they need replicating (Raft, in a later issue). A restarted
-//! controller gives every node a full `down_after_ms` before declaring it Down.
+//! only they are replicated (the binary's Raft group, `src/raft`). A new
+//! leader gives every node a full `down_after_ms` before declaring it Down.
 //!
 //! **Terms and epochs.** Every primary change bumps that partition's term;
 //! every step that changes the map bumps the epoch by one.

@@ -134,6 +134,12 @@ impl Liveness {
         events
     }
 
+    /// Counts `node` as heard from at `now_ms` (a registration): a node
+    /// that restarts gets a full `down_after_ms` before it can be Down.
+    pub fn seen(&mut self, node: NodeId, now_ms: u64) {
+        self.last_seen_ms.insert(node, now_ms);
+    }
+
     /// The last reported lag of `node` per partition.
     pub fn lagging(&self, node: NodeId) -> &[(PartitionId, u64)] {
         self.lagging.get(&node).map_or(&[], |v| v.as_slice())
@@ -210,7 +216,7 @@ impl Controller {
     /// actions are returned, so nothing is announced that a restart forgets.
     pub fn apply(&mut self, event: Event, now_ms: u64) -> Result<Vec<Action>> {
         if let Event::Register(spec) = &event {
-            self.liveness.last_seen_ms.insert(spec.id, now_ms);
+            self.liveness.seen(spec.id, now_ms);
         }
         let (next, actions) = step(&self.map, event, now_ms)?;
         if next != self.map {

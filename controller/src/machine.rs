@@ -7,7 +7,7 @@ use crate::ids::{NodeId, PartitionId, Term};
 use crate::map::{ClusterMap, Learner, NodeSpec, NodeState, PartitionInfo};
 use crate::placement::{self, Mode};
 
-/// A map-changing input. Only these need to be replicated (Raft, later);
+/// A map-changing input. Only these are replicated (as Raft entries);
 /// heartbeats are soft state in [`crate::Liveness`], which turns them into
 /// events when they matter.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

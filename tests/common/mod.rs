@@ -53,6 +53,11 @@ impl Default for Layout {
 
 impl Cluster {
     pub fn up(layout: Layout) -> Cluster {
+        Cluster::up_with(layout, &[])
+    }
+
+    /// `tandem up` with extra arguments (e.g. `--controllers 1`).
+    pub fn up_with(layout: Layout, extra: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("tandem-e2e-")
             .tempdir()
@@ -73,6 +78,7 @@ impl Cluster {
                 &layout.partitions.to_string(),
             ])
             .args(&layout.extra)
+            .args(extra)
             .output()
             .expect("run tandem up");
         let cluster_path = dir.path().join("cluster.json");
@@ -606,4 +612,87 @@ fn value_of(expr: &str, doc: Value) -> f64 {
         _ => panic!("{expr}: {doc}"),
     };
     v.as_str().expect("string value").parse().expect("number")
+}
+
+/// Controller-group helpers: start with a chosen number of controllers,
+/// signal and restart processes, read the group's state from `status`.
+impl Cluster {
+    /// Sends `signal` to a process this cluster started.
+    pub fn signal(&self, pid: u32, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+
+    /// kill -9, and waits until the process is gone.
+    pub fn kill9(&self, pid: u32) {
+        self.signal(pid, nix::sys::signal::Signal::SIGKILL);
+        let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts a process again with its recorded command line (same data
+    /// directory); returns the new pid, which is killed on drop.
+    pub fn restart(&self, entry: &tandem::cluster_file::ProcessEntry) -> u32 {
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}-{}.restart.log", entry.role, entry.id));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(&entry.command[0])
+            .args(&entry.command[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("restart process");
+        let pid = child.id();
+        self.pids.lock().expect("poisoned").push(pid);
+        // The child is reaped by nobody until the test ends; that is fine
+        // for a short-lived test process.
+        std::mem::forget(child);
+        pid
+    }
+
+    /// The id of the controller leader `status` reports, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let out = self.tandem(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let doc: Value = serde_json::from_slice(&out.stdout).ok()?;
+        doc["leader"].as_u64()
+    }
+
+    /// The cluster-file entry of controller `id`.
+    pub fn controller(&self, id: u64) -> &tandem::cluster_file::ProcessEntry {
+        self.file
+            .controllers
+            .iter()
+            .find(|c| c.id as u64 == id)
+            .expect("known controller")
+    }
+
+    /// Waits for a leader other than `not`; returns it and how long it took.
+    pub fn wait_for_leader(&self, not: Option<u64>, timeout: Duration) -> (u64, Duration) {
+        let start = Instant::now();
+        let mut found = None;
+        self.wait_for("a controller leader", timeout, || {
+            found = self.leader().filter(|&l| Some(l) != not);
+            found.is_some()
+        });
+        (found.expect("waited"), start.elapsed())
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
+        .unwrap_or(true)
 }

@@ -229,7 +229,7 @@ fn with_two_controllers_down_the_data_path_serves_and_failover_waits_for_a_leade
     // A majority again: a leader, then the failover.
     let restarted = Instant::now();
     for &id in &down {
-        c.restart(c.controller(id));
+        c.restart_entry(c.controller(id));
     }
     let (new_leader, took) = c.wait_for_leader(None, LEADER_TIMEOUT);
     println!("controllers back; controller {new_leader} leads after {took:?}");
@@ -270,7 +270,7 @@ fn restart_keeps_the_map(controllers: &str) {
         c.kill9(entry.pid);
     }
     for entry in &c.file.controllers {
-        c.restart(entry);
+        c.restart_entry(entry);
     }
     let (leader, took) = c.wait_for_leader(None, LEADER_TIMEOUT);
     let after = c.json(&["status", "--partitions", "--json"]);

@@ -423,7 +423,14 @@ impl PartitionLog {
             .min(self.config.segment_bytes_max);
         let keep = self.history.len().saturating_sub(MAX_TERMS);
         let terms = self.history[keep..].to_vec();
+        // An active segment that holds no record has the new segment's base
+        // LSN, hence its file name: the new segment's rename replaces that
+        // file atomically, and it leaves the list here.
+        let replaces_empty = active.end == DATA_START;
         let seg = self.create_segment(Lsn(self.last_lsn.0 + 1), self.last_term, terms, size)?;
+        if replaces_empty {
+            self.segments.pop();
+        }
         self.segments.push(seg);
         Ok(())
     }
@@ -939,6 +946,31 @@ mod tests {
             .map(|r| r.unwrap().payload.to_vec())
             .collect();
         assert_eq!(read, vec![b"next".to_vec()]);
+    }
+
+    /// A first record bigger than the empty segment (fresh, reset or
+    /// trimmed to its end) replaces that segment: no two segments share a
+    /// base LSN (a file name), and trimming later deletes only what it should.
+    #[test]
+    fn a_record_bigger_than_an_empty_segment_replaces_it() {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p/2");
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!(log.append(Term(1), &[b'a'; 6000]).unwrap(), Lsn(1));
+        assert_eq!((log.segment_count(), backend.paths().len()), (1, 1));
+        log.append(Term(1), &[b'b'; 100]).unwrap();
+        log.trim_before(Lsn(3)).unwrap();
+        assert_eq!(log.append(Term(2), &[b'c'; 6000]).unwrap(), Lsn(3));
+        assert_eq!((log.segment_count(), backend.paths().len()), (1, 1));
+        log.append(Term(2), &[b'd'; 6000]).unwrap();
+        log.trim_before(Lsn(4)).unwrap();
+        drop(log);
+        let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(4), Lsn(4)));
+        assert_eq!(
+            log.term_history(),
+            &[(Term(1), Lsn(1)), (Term(2), Lsn(3))][..]
+        );
     }
 
     #[test]

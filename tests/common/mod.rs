@@ -634,30 +634,8 @@ impl Cluster {
 
     /// Starts a process again with its recorded command line (same data
     /// directory); returns the new pid, which is killed on drop.
-    pub fn restart(&self, entry: &tandem::cluster_file::ProcessEntry) -> u32 {
-        let log = self
-            .dir
-            .path()
-            .join(format!("{}-{}.restart.log", entry.role, entry.id));
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(&entry.command[0])
-            .args(&entry.command[1..])
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("restart process");
-        let pid = child.id();
-        self.pids.lock().expect("poisoned").push(pid);
-        // The child is reaped by nobody until the test ends; that is fine
-        // for a short-lived test process.
-        std::mem::forget(child);
-        pid
+    pub fn restart_entry(&self, entry: &tandem::cluster_file::ProcessEntry) -> u32 {
+        self.respawn(&entry.command, &format!("{}-{}", entry.role, entry.id))
     }
 
     /// The id of the controller leader `status` reports, if any.

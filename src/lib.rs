@@ -12,6 +12,7 @@ pub mod net;
 pub mod node;
 pub mod proto;
 pub mod push;
+pub mod sim_cli;
 pub mod up;
 
 use std::future::Future;

@@ -811,9 +811,9 @@ impl<'w> Sim<'w> {
         let writable = (0..copies).any(|k| serving[k] && st.holds[k] == Holds::Current);
         if writable {
             // Copies that are down fall behind from now on.
-            for k in 0..copies {
-                if st.holds[k] == Holds::Current && down[k] {
-                    st.holds[k] = Holds::Until(now);
+            for (h, &d) in st.holds.iter_mut().zip(&down) {
+                if *h == Holds::Current && d {
+                    *h = Holds::Until(now);
                 }
             }
         }

@@ -74,7 +74,8 @@ pub struct Cpu {
 pub struct Memory {
     /// VmRSS of an idle tandem process (the calibrating one, before it starts).
     pub base_rss_bytes: f64,
-    /// An empty partition (its structures and the mapped first log segment).
+    /// An empty partition's heap (its mapped first log segment is counted
+    /// with the log, see logmodel).
     pub partition_bytes: f64,
     /// A series with its first sample: key, index entries, postings, head encoder.
     pub series_bytes: f64,

@@ -30,6 +30,10 @@
 //! `seal_ns_per_sample`). Network, replication RPC and queries are not in
 //! the profile: the headroom covers them.
 //!
+//! Resources (the shard key) hash to partitions, so a partition holds a
+//! Poisson number of resources; the log, whose segments double, is averaged
+//! over that spread.
+//!
 //! Nodes are one per host; `n` nodes hold `P * R / n` partition copies each
 //! on average, and the busiest node of the real placement holds more: its
 //! share is checked too.
@@ -235,7 +239,10 @@ impl<'a> Model<'a> {
             Keep::Samples { per_series } => per_series.max(1) as f64,
         };
         let span_s = seal_span_s(input, profile);
-        let data_partitions = (input.partitions as f64).min(series).max(1.0);
+        // Resources hash to partitions: a partition holds Poisson(resources / P)
+        // resources; some hold none.
+        let lambda = input.resources as f64 / input.partitions as f64;
+        let data_partitions = (input.partitions as f64 * (1.0 - (-lambda).exp())).max(1.0);
         let series_per_partition = series / data_partitions;
         let by_span = (span_s / input.interval_s).floor() + 1.0;
         let by_cap = (profile.policy.seal_head_samples_max as f64 / series_per_partition).ceil();
@@ -248,17 +255,27 @@ impl<'a> Model<'a> {
         let sealed_chunks = (sealed_samples / samples_per_chunk).ceil();
         let key_delta = input.key_bytes - profile.workload.key_bytes;
         let entry = (profile.log.entry_bytes + key_delta).max(1.0);
-        let pattern = LogPattern {
+        let seals = samples_per_series > samples_per_chunk;
+        let pattern = |resources: f64| LogPattern {
             payload_bytes: (profile.log.record_bytes - logmodel::FRAME_HEADER_BYTES as f64
-                + series_per_partition * entry)
+                + resources * input.metrics_per_resource as f64 * entry)
                 .ceil() as u64,
-            records_per_period: samples_per_chunk as u64,
-            periods: (samples_per_series / samples_per_chunk).ceil() as u64,
-            seals: samples_per_series > samples_per_chunk,
+            // One record per collection round while the partition has data.
+            records_per_period: if resources == 0.0 {
+                0
+            } else if seals {
+                samples_per_chunk as u64
+            } else {
+                samples_per_series as u64
+            },
+            periods: if seals {
+                (samples_per_series / samples_per_chunk).ceil() as u64
+            } else {
+                1
+            },
+            seals,
         };
-        let log = logmodel::replay(&LogPolicy::from(&profile.policy), &pattern);
-        // Partitions without any series hold an empty log.
-        let log = scale_log(log, data_partitions / input.partitions as f64, profile);
+        let log = expected_log(&LogPolicy::from(&profile.policy), lambda, &pattern);
         Model {
             input,
             profile,
@@ -482,20 +499,36 @@ fn seal_span_s(input: &SizeInput, profile: &Profile) -> f64 {
         .unwrap_or(profile.policy.seal_head_span_ms as f64 / 1000.0)
 }
 
-/// A log footprint for a fraction of partitions holding data; the rest hold
-/// one empty first segment.
-fn scale_log(
-    log: logmodel::LogFootprint,
-    with_data: f64,
-    profile: &Profile,
+/// The log footprint of a partition averaged over how many resources it
+/// holds (Poisson with mean `lambda`): segments double, so the mean load
+/// alone would understate it. Above a mean of 50 resources the spread is
+/// small and the mean is used.
+fn expected_log(
+    policy: &LogPolicy,
+    lambda: f64,
+    pattern: &dyn Fn(f64) -> LogPattern,
 ) -> logmodel::LogFootprint {
-    let empty = profile.policy.log_segment_bytes_min as f64;
-    let step = profile.policy.log_write_ahead_bytes as f64;
-    let mix = |x: u64, idle: f64| (x as f64 * with_data + idle * (1.0 - with_data)) as u64;
+    if lambda > 50.0 {
+        return logmodel::replay(policy, &pattern(lambda));
+    }
+    let (mut disk, mut resident, mut records) = (0.0, 0.0, 0.0);
+    let mut pmf = (-lambda).exp();
+    let mut total = 0.0;
+    let k_max = (lambda + 10.0 * lambda.sqrt() + 10.0).ceil() as u32;
+    for k in 0..=k_max {
+        if k > 0 {
+            pmf *= lambda / k as f64;
+        }
+        let f = logmodel::replay(policy, &pattern(k as f64));
+        disk += pmf * f.disk_bytes as f64;
+        resident += pmf * f.resident_bytes as f64;
+        records += pmf * f.record_bytes as f64;
+        total += pmf;
+    }
     logmodel::LogFootprint {
-        disk_bytes: mix(log.disk_bytes, empty),
-        resident_bytes: mix(log.resident_bytes, empty.min(step)),
-        record_bytes: mix(log.record_bytes, 0.0),
+        disk_bytes: (disk / total) as u64,
+        resident_bytes: (resident / total) as u64,
+        record_bytes: (records / total) as u64,
     }
 }
 

@@ -101,17 +101,30 @@ fn a_day_of_five_minute_samples_by_hand() {
     assert_eq!(report.samples_per_chunk, 25);
     assert!(close(report.ingest_samples_per_s, 10_000.0 / 300.0));
 
-    // The log of one partition: 100 series per partition, one record per
-    // round of 30 - 24 + 100 * 40 = 4006 payload bytes, 25 per seal, 12 seals.
-    let log = crate::logmodel::replay(
-        &LogPolicy::from(&p.policy),
-        &LogPattern {
-            payload_bytes: 4006,
-            records_per_period: 25,
-            periods: 12,
-            seals: true,
-        },
-    );
+    // The log of one partition holding k resources (10 series each): one
+    // record per round of 30 - 24 + 10 k * 40 bytes, 25 per seal, 12 seals;
+    // k is Poisson with mean 1000 / 100 = 10.
+    let mut log = crate::logmodel::LogFootprint::default();
+    let (mut disk_sum, mut resident_sum, mut pmf, mut total) = (0.0, 0.0, (-10.0f64).exp(), 0.0);
+    for k in 0..=(10 + 32 + 10) {
+        if k > 0 {
+            pmf *= 10.0 / k as f64;
+        }
+        let f = crate::logmodel::replay(
+            &LogPolicy::from(&p.policy),
+            &LogPattern {
+                payload_bytes: 6 + 400 * k,
+                records_per_period: if k == 0 { 0 } else { 25 },
+                periods: 12,
+                seals: true,
+            },
+        );
+        disk_sum += pmf * f.disk_bytes as f64;
+        resident_sum += pmf * f.resident_bytes as f64;
+        total += pmf;
+    }
+    log.disk_bytes = (disk_sum / total) as u64;
+    log.resident_bytes = (resident_sum / total) as u64;
 
     let on = &report.plans[0];
     assert_eq!(on.replicas, 2);

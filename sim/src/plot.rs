@@ -84,7 +84,7 @@ pub fn write_svg(report: &FailureReport, path: &Path) -> Result<()> {
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::MiddleRight)
         .draw()
         .map_err(|e| draw(&e))?;
     root.present().map_err(|e| draw(&e))?;

@@ -13,6 +13,7 @@ pub mod node;
 pub mod proto;
 pub mod push;
 pub mod raft;
+pub mod sim_cli;
 pub mod up;
 
 use std::future::Future;

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use tandem::{client, controller_service, node, push, up};
+use tandem::{client, controller_service, node, push, sim_cli, up};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +37,8 @@ enum Command {
     Drain(client::NodeCommandArgs),
     /// Would stopping this node leave some partition without an Active copy?
     SafeToStop(client::NodeCommandArgs),
+    /// The sizing simulator: calibrate, size, failures, placement.
+    Sim(sim_cli::SimArgs),
 }
 
 fn main() {
@@ -60,6 +62,7 @@ fn main() {
         Command::Remove(args) => client::remove(args),
         Command::Drain(args) => client::drain(args),
         Command::SafeToStop(args) => client::safe_to_stop(args),
+        Command::Sim(args) => sim_cli::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -356,6 +356,9 @@ fn report(shared: &Shared, elapsed: Duration) -> PushReport {
     }
 }
 
+/// The longest one attempt to write a batch through one node may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Sends batches one at a time on its own connection, starting at node
 /// `first % n` and moving to the next node on any failure.
 async fn worker(
@@ -393,7 +396,10 @@ async fn worker(
                 shared.failed.fetch_add(samples, Relaxed);
                 break;
             }
-            match clients[current].request(Kind::Write, &bytes, left).await {
+            // One attempt waits at most ATTEMPT_TIMEOUT (a gateway gives up
+            // on a write after 15 s): a hung node costs one attempt, not the batch.
+            let attempt = left.min(ATTEMPT_TIMEOUT);
+            match clients[current].request(Kind::Write, &bytes, attempt).await {
                 Ok(_) => {
                     let now = Instant::now();
                     shared.acked.fetch_add(samples, Relaxed);

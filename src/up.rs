@@ -206,12 +206,23 @@ fn print_endpoints(file: &ClusterFile, cluster_path: &Path, json: bool) -> anyho
     Ok(())
 }
 
-/// A loopback address with a port the OS just handed out. The port is
-/// released again for the child to bind; a collision in that instant makes
-/// the child fail to start, which `up` reports.
+/// A loopback address with a port the OS just handed out, never one this
+/// `up` already handed out (the OS may give a released port again). The
+/// port is released for the child to bind; a collision with another program
+/// in that instant makes the child fail to start, which `up` reports.
 fn free_addr() -> anyhow::Result<String> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-    Ok(listener.local_addr()?.to_string())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("poisoned");
+    for _ in 0..100 {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
+        let addr = listener.local_addr()?;
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr.to_string());
+        }
+    }
+    anyhow::bail!("cannot find a free loopback port that is not already taken")
 }
 
 fn path_arg(path: &Path) -> String {

@@ -79,16 +79,25 @@ impl Load {
             .collect::<Vec<_>>()
             .join(" + ");
         let at = self.start_ms / 1000 + 12 * 3600;
-        let doc = query_http(http, &[("query", &expr), ("time", &at.to_string())]);
-        assert_eq!(doc["status"], "success", "count at {http}: {doc}");
         // A warning that a secondary answered is fine (the copies agree);
-        // one that series are missing is not.
-        assert!(
-            !doc["warnings"].as_array().is_some_and(|w| w
-                .iter()
-                .any(|w| w.as_str().unwrap_or("").contains("missing"))),
-            "count at {http} is partial: {doc}"
-        );
+        // one that series are missing is not, once the node has had time
+        // to learn the controller's newest map (a heartbeat or two).
+        let partial = |doc: &Value| {
+            doc["warnings"].as_array().is_some_and(|w| {
+                w.iter()
+                    .any(|w| w.as_str().unwrap_or("").contains("missing"))
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let doc = loop {
+            let doc = query_http(http, &[("query", &expr), ("time", &at.to_string())]);
+            if !partial(&doc) || Instant::now() > deadline {
+                break doc;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        assert_eq!(doc["status"], "success", "count at {http}: {doc}");
+        assert!(!partial(&doc), "count at {http} is partial: {doc}");
         doc["data"]["result"][0]["value"][1]
             .as_str()
             .map_or(0.0, |v| v.parse().unwrap())

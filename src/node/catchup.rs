@@ -250,16 +250,17 @@ pub fn divergence_point(
 }
 
 /// The term of the record at `lsn` in a log with this history (first LSN of
-/// each term, oldest first); 0 at LSN 0.
+/// each term, oldest first); 0 at LSN 0. Before the first entry (a log that
+/// restarted after a full copy: its history begins after the copy), the
+/// record just before is of the first entry's term, which `reset` records.
 pub fn term_at(history: &[(Term, Lsn)], lsn: u64) -> u64 {
     if lsn == 0 {
         return 0;
     }
-    history
-        .iter()
-        .rev()
-        .find(|(_, first)| first.0 <= lsn)
-        .map_or(0, |(t, _)| t.0)
+    match history.iter().rev().find(|(_, first)| first.0 <= lsn) {
+        Some((t, _)) => t.0,
+        None => history.first().map_or(0, |(t, _)| t.0),
+    }
 }
 
 async fn install_snapshot(
@@ -406,5 +407,7 @@ mod tests {
         let terms: Vec<u64> = (0..=10).map(|lsn| term_at(&history, lsn)).collect();
         assert_eq!(terms, [0, 1, 1, 1, 1, 1, 3, 3, 3, 4, 4]);
         assert_eq!(term_at(&[], 5), 0);
+        // After a full copy up to LSN 10 in term 5.
+        assert_eq!(term_at(&[(Term(5), Lsn(11))], 10), 5);
     }
 }

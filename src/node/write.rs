@@ -578,7 +578,11 @@ pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     // LSN from another term was never acknowledged: it and what follows go.
     let last = part.last_lsn().0;
     if m.lsn <= last {
-        if term_at(&part.term_history(), m.lsn) == m.term {
+        let history = part.term_history();
+        // Records before the history begins came in a full copy from an
+        // Active copy: nothing to compare them with, and nothing to cut.
+        let copied = history.first().is_none_or(|(_, first)| m.lsn < first.0);
+        if copied || term_at(&history, m.lsn) == m.term {
             return Ok(ack(&part, false));
         }
         tracing::warn!(

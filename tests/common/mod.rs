@@ -307,14 +307,17 @@ impl Cluster {
     /// Starts a new node `id` on `host` that joins this cluster; returns its
     /// native and HTTP addresses. Its pid is killed with the cluster.
     pub fn add_node(&self, id: u32, host: &str) -> (String, String) {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .to_string()
-        };
-        let (listen, graphite, http) = (free(), free(), free());
+        // Three ports held at once, so the OS cannot hand one out twice.
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut addrs = held.iter().map(|l| l.local_addr().unwrap().to_string());
+        let (listen, graphite, http) = (
+            addrs.next().unwrap(),
+            addrs.next().unwrap(),
+            addrs.next().unwrap(),
+        );
+        drop(held);
         let data = self.dir.path().join(format!("node-{id}"));
         let command: Vec<String> = vec![
             TANDEM.into(),

@@ -18,7 +18,7 @@
 //!   open). Sealed chunk *data* is read through the map on demand: it is page
 //!   cache, counted here neither as needed RAM nor as resident.
 //! - **Disk**: chunk files (a fixed part per chunk plus compressed bytes per
-//!   sample), the log segments (preallocated, never shrunk: see logmodel),
+//!   sample), the log segments (preallocated, emptied by a seal: see logmodel),
 //!   and the per-partition files.
 //!
 //! A chunk holds one seal span of a series (`SealPolicy`: 2 h, or fewer

@@ -621,18 +621,14 @@ fn value_of(expr: &str, doc: Value) -> f64 {
 /// signal and restart processes, read the group's state from `status`.
 impl Cluster {
     /// Sends `signal` to a process this cluster started.
-    pub fn signal(&self, pid: u32, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    pub fn signal(&self, pid: u32, sig: Signal) {
+        signal(pid, sig);
     }
 
     /// kill -9, and waits until the process is gone.
     pub fn kill9(&self, pid: u32) {
-        self.signal(pid, nix::sys::signal::Signal::SIGKILL);
-        let gone = || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !gone() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        signal(pid, Signal::SIGKILL);
+        self.wait_gone(pid);
     }
 
     /// Starts a process again with its recorded command line (same data
@@ -670,10 +666,4 @@ impl Cluster {
         });
         (found.expect("waited"), start.elapsed())
     }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.split_whitespace().nth(2) == Some("Z"))
-        .unwrap_or(true)
 }

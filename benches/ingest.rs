@@ -4,12 +4,20 @@
 //! round; every iteration is one round with new timestamps. Beside it, the
 //! reference the issue names: a minimal loop that parses, looks each series
 //! up in a hash map and appends to a `Vec`.
+//!
+//! Instruction counts (repeatable on a busy machine): with
+//! `INGEST_PROFILE=store` (or `reference`), `INGEST_PROFILE_WARMUP=W` (30)
+//! and `INGEST_PROFILE_ROUNDS=N` (5) the bench runs W unmeasured rounds, then
+//! N rounds through `measured_*`, and exits, printing the thread's CPU time for the measured rounds (from
+//! `/proc/thread-self/schedstat`, so time spent waiting for a core on a busy
+//! machine is not counted). Run it under
+//! `valgrind --tool=callgrind --toggle-collect='*measured_*'` for counts.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use controller::partition_of;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use store::batch::BatchBuilder;
 use store::{PartitionId, Store, StoreConfig, Term};
 use tandem::graphite::{parse_line, GraphiteConfig};
@@ -147,5 +155,101 @@ fn bench(c: &mut Criterion) {
     eprintln!("store after the run: {mem:?}");
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+#[inline(never)]
+fn measured_ingest(
+    text: &[u8],
+    store: &Store,
+    builders: &mut [BatchBuilder],
+    buf: &mut Vec<u8>,
+    config: &GraphiteConfig,
+) -> usize {
+    ingest(text, store, builders, buf, config)
+}
+
+#[inline(never)]
+fn measured_minimal_loop(
+    text: &[u8],
+    series: &mut HashMap<Vec<u8>, Vec<(i64, f64)>>,
+    config: &GraphiteConfig,
+) -> usize {
+    minimal_loop(text, series, config)
+}
+
+/// Fixed input for instruction counting: `warmup` unmeasured rounds (so
+/// head chunks are past their first samples, as in a long run), then `rounds`.
+fn profile(which: &str, warmup: usize, rounds: usize) {
+    let config = GraphiteConfig::default();
+    let mut walk = vec![50.0; SERIES];
+    let mut ts = 1_700_000_000i64;
+    let mut next_text = || {
+        ts += 10;
+        round(ts, &mut walk)
+    };
+    let (mut n, mut cpu_ns) = (0, 0);
+    match which {
+        "store" => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (store, _) =
+                Store::open(StoreConfig::new(dir.path().join("store"))).expect("open store");
+            for p in 0..PARTITIONS {
+                store
+                    .create_partition(PartitionId(p))
+                    .expect("create partition");
+            }
+            let mut builders: Vec<BatchBuilder> =
+                (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
+            let mut buf = Vec::new();
+            for _ in 0..warmup {
+                ingest(&next_text(), &store, &mut builders, &mut buf, &config);
+            }
+            for _ in 0..rounds {
+                let text = next_text();
+                let started = thread_cpu_ns();
+                n += measured_ingest(&text, &store, &mut builders, &mut buf, &config);
+                cpu_ns += thread_cpu_ns() - started;
+            }
+        }
+        "reference" => {
+            let mut series = HashMap::new();
+            for _ in 0..warmup {
+                minimal_loop(&next_text(), &mut series, &config);
+            }
+            for _ in 0..rounds {
+                let text = next_text();
+                let started = thread_cpu_ns();
+                n += measured_minimal_loop(&text, &mut series, &config);
+                cpu_ns += thread_cpu_ns() - started;
+            }
+        }
+        other => panic!("INGEST_PROFILE is `store` or `reference`, not {other:?}"),
+    }
+    eprintln!(
+        "{which}: {n} samples in {rounds} measured rounds, {:.1} ms of thread CPU time: {:.2} M samples per CPU second",
+        cpu_ns as f64 / 1e6,
+        n as f64 / cpu_ns as f64 * 1e3
+    );
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux schedstat; 0 elsewhere).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if let Ok(which) = std::env::var("INGEST_PROFILE") {
+        let var = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(default)
+        };
+        let warmup = var("INGEST_PROFILE_WARMUP", 30);
+        return profile(&which, warmup, var("INGEST_PROFILE_ROUNDS", 5));
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

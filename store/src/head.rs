@@ -34,6 +34,9 @@ pub(crate) struct SealedRef {
     pub max_ts: i64,
 }
 
+/// The write path's state of one series: two cache lines, aligned so that
+/// the CPU's adjacent-line prefetch brings both in together.
+#[repr(align(128))]
 pub(crate) struct Series {
     /// Where the canonical key bytes (see series.rs) are in the
     /// partition's key arena: keys of series created together sit together,
@@ -44,7 +47,6 @@ pub(crate) struct Series {
     /// Boxed: 8 bytes per series instead of 24, and most series have none.
     #[allow(clippy::box_collection)]
     pub overlay: Option<Box<BTreeMap<i64, f64>>>,
-    pub sealed: Vec<SealedRef>,
     /// Newest timestamp of the series (`i64::MIN` while it has none).
     pub newest: i64,
 }
@@ -56,9 +58,16 @@ impl Series {
             key_len,
             head: ChunkEncoder::new(),
             overlay: None,
-            sealed: Vec::new(),
             newest: i64::MIN,
         }
+    }
+
+    /// Loads what the next write reads (the state and the head chunk's last
+    /// byte), so that a batch can have these loads in flight together.
+    #[inline]
+    pub fn touch(&self) -> u64 {
+        let bytes = self.head.bytes();
+        self.newest as u64 ^ u64::from(bytes[bytes.len() - 1])
     }
 
     #[inline]
@@ -116,10 +125,10 @@ impl Series {
     }
 
     /// Memory held by this series' identity and bookkeeping (the head
-    /// encoder's state is counted with the samples).
+    /// encoder's state is counted with the samples; where its sealed chunks
+    /// are is counted by the index).
     pub fn index_bytes(&self) -> usize {
         std::mem::size_of::<Series>() - std::mem::size_of::<ChunkEncoder>()
-            + self.sealed.capacity() * std::mem::size_of::<SealedRef>()
     }
 }
 

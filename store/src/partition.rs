@@ -374,8 +374,8 @@ impl Partition {
         let mut batches = Vec::new();
         let mut builder = BatchBuilder::new();
         let mut runs = Runs::default();
-        for s in &state.mem.series {
-            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+        for (id, s) in state.mem.series.iter().enumerate() {
+            state.read_series(id as u32, i64::MIN, i64::MAX, &mut runs);
             let key = KeyRef::parse(state.mem.key(s))?.to_owned_key();
             for &(t, v) in runs.finish() {
                 if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
@@ -422,8 +422,8 @@ impl Partition {
         let state = self.state.read().expect("state lock");
         let mut runs = Runs::default();
         let mut acc = 0u64;
-        for s in &state.mem.series {
-            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+        for (id, s) in state.mem.series.iter().enumerate() {
+            state.read_series(id as u32, i64::MIN, i64::MAX, &mut runs);
             let seed = xxh3_64(state.mem.key(s));
             for &(t, v) in runs.finish() {
                 let mut b = [0u8; 16];
@@ -478,15 +478,16 @@ impl State {
                 offset: meta.offset,
                 reason: "bad series key".into(),
             })?;
-            let id = self.mem.intern(meta.series_key, || key);
-            let series = &mut self.mem.series[id as usize];
+            let id = self.mem.intern(meta.series_key, || key) as usize;
+            let series = &mut self.mem.series[id];
             series.newest = series.newest.max(meta.max_ts);
-            match series.sealed.last_mut() {
+            let sealed = &mut self.mem.sealed[id];
+            match sealed.last_mut() {
                 Some(r) if r.file == idx => {
                     r.min_ts = r.min_ts.min(meta.min_ts);
                     r.max_ts = r.max_ts.max(meta.max_ts);
                 }
-                _ => series.sealed.push(SealedRef {
+                _ => sealed.push(SealedRef {
                     file: idx,
                     min_ts: meta.min_ts,
                     max_ts: meta.max_ts,
@@ -501,9 +502,10 @@ impl State {
     /// Reads one series' samples in `start..=end` into `runs` (call
     /// `runs.finish()` for the merged result). Sealed chunks that fail their
     /// checksum are skipped and counted, never served.
-    pub fn read_series(&self, s: &crate::head::Series, start: i64, end: i64, runs: &mut Runs) {
+    pub fn read_series(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
         runs.clear();
-        for r in &s.sealed {
+        let s = &self.mem.series[id as usize];
+        for r in &self.mem.sealed[id as usize] {
             if r.max_ts < start || r.min_ts > end {
                 continue;
             }

@@ -90,8 +90,6 @@ pub struct BatchBuilder {
     samples: Vec<(u32, i64, f64)>,
     /// Series of the previous sample: consecutive samples of one series skip the hash.
     last: Option<u32>,
-    /// Scratch of `encode`: the samples grouped by series.
-    grouped: Vec<(i64, f64)>,
 }
 
 impl BatchBuilder {
@@ -190,8 +188,10 @@ impl BatchBuilder {
 
     /// Appends the batch to `out`: series in order of first arrival, the
     /// samples of each in arrival order.
-    pub fn encode(&mut self, out: &mut Vec<u8>) {
-        out.reserve(HEADER_BYTES + self.keys.len() + self.series.len() * 5 + self.samples.len() * 12);
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(
+            HEADER_BYTES + self.keys.len() + self.series.len() * 5 + self.samples.len() * 12,
+        );
         out.extend_from_slice(&[MAGIC, VERSION]);
         out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
         if self.samples.len() == self.series.len() {
@@ -210,18 +210,17 @@ impl BatchBuilder {
             next.push(at);
             at += s.samples as usize;
         }
-        self.grouped.clear();
-        self.grouped.resize(self.samples.len(), (0, 0.0));
+        let mut grouped = vec![(0, 0.0); self.samples.len()];
         for &(id, ts, v) in &self.samples {
             let slot = &mut next[id as usize];
-            self.grouped[*slot] = (ts, v);
+            grouped[*slot] = (ts, v);
             *slot += 1;
         }
         let mut from = 0;
         for s in &self.series {
             let to = from + s.samples as usize;
             out.extend_from_slice(&self.keys[s.key_at as usize..][..s.key_len as usize]);
-            put_samples(&self.grouped[from..to], out);
+            put_samples(&grouped[from..to], out);
             from = to;
         }
     }

@@ -97,25 +97,30 @@ impl Memory {
     /// window's samples are written.
     pub fn apply(&mut self, batch: &BatchView<'_>, ooo_window_ms: i64) {
         let mut counts = self.counts;
-        let mut ids = [NEW_SERIES; APPLY_WINDOW];
-        let (mut lookups, mut writes) = (batch.series(), batch.series());
-        let mut left = batch.series_count();
-        while left > 0 {
-            let n = left.min(APPLY_WINDOW);
-            left -= n;
+        let mut window = Vec::with_capacity(APPLY_WINDOW.min(batch.series_count()));
+        let mut series = batch.series();
+        loop {
+            window.clear();
             let mut touched = 0u64;
-            for (id, s) in ids[..n].iter_mut().zip(&mut lookups) {
-                *id = match self.index.find(xxh3_64(s.key_bytes), &self.keys, s.key_bytes) {
+            for s in series.by_ref().take(APPLY_WINDOW) {
+                let id = match self
+                    .index
+                    .find(xxh3_64(s.key_bytes), &self.keys, s.key_bytes)
+                {
                     Some(id) => {
                         touched ^= self.series[id as usize].touch();
                         id
                     }
                     None => NEW_SERIES,
                 };
+                window.push((id, s));
+            }
+            if window.is_empty() {
+                break;
             }
             // The touches are loads issued early; nothing needs their values.
             std::hint::black_box(touched);
-            for (&id, s) in ids[..n].iter().zip(&mut writes) {
+            for (id, s) in window.drain(..) {
                 let id = match id {
                     NEW_SERIES => self.intern(s.key_bytes, || s.key()),
                     id => id,
@@ -188,7 +193,10 @@ impl Memory {
         let sealed: usize = self
             .sealed
             .iter()
-            .map(|r| std::mem::size_of::<Vec<SealedRef>>() + r.capacity() * std::mem::size_of::<SealedRef>())
+            .map(|r| {
+                std::mem::size_of::<Vec<SealedRef>>()
+                    + r.capacity() * std::mem::size_of::<SealedRef>()
+            })
             .sum();
         let postings: usize = self
             .postings
@@ -335,7 +343,11 @@ mod tests {
     fn hash_index_finds_every_key_despite_equal_hashes() {
         let mut index = HashIndex::default();
         let mut keys = Vec::new();
-        let key = |i: u32| crate::SeriesKey::new(&format!("r{i}"), "m", &[]).unwrap().to_bytes();
+        let key = |i: u32| {
+            crate::SeriesKey::new(&format!("r{i}"), "m", &[])
+                .unwrap()
+                .to_bytes()
+        };
         for i in 0..1000u32 {
             let k = key(i);
             // Every third key shares its hash with the one before: the probe

@@ -417,7 +417,13 @@ impl PartitionLog {
             .min(self.config.segment_bytes_max);
         let keep = self.history.len().saturating_sub(MAX_TERMS);
         let terms = self.history[keep..].to_vec();
+        // An active segment without records has the new one's base LSN, so
+        // the same name: the new file replaces it on disk, and must here too.
+        let replaces = active.end == DATA_START;
         let seg = self.create_segment(Lsn(self.last_lsn.0 + 1), self.last_term, terms, size)?;
+        if replaces {
+            self.segments.pop();
+        }
         self.segments.push(seg);
         Ok(())
     }

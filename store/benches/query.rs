@@ -93,7 +93,10 @@ fn bench(c: &mut Criterion) {
     let m = Matcher::new("__name__", MatchOp::Equal, "m").unwrap();
     let all = source.select(std::slice::from_ref(&m), 0, end);
     assert_eq!(all[0].samples.len(), 8_640);
-    assert!(store.memory_stats().head_samples == 2_640, "6 000 samples sealed");
+    assert!(
+        store.memory_stats().head_samples == 2_640,
+        "6 000 samples sealed"
+    );
     c.bench_function("store: raw m[1d], 1 series x 8640 samples", |b| {
         b.iter(|| instant_query(&source, "m[1d]", end, &opts).unwrap())
     });
@@ -108,7 +111,10 @@ fn bench(c: &mut Criterion) {
     let end = 399 * INTERVAL_MS;
     let (store, ids, _dir) = real_store("m", 10_000, 400, 200);
     let source = store.source(&ids);
-    assert_eq!(source.select(std::slice::from_ref(&m), 0, end).len(), 10_000);
+    assert_eq!(
+        source.select(std::slice::from_ref(&m), 0, end).len(),
+        10_000
+    );
     assert_eq!(store.memory_stats().head_samples, 2_000_000, "half sealed");
     let many = VecSource::new((0..10_000).map(|r| series("m", r, 400)).collect());
     let q = "sum(avg_over_time(m[1h]))";
@@ -124,9 +130,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| instant_query(&source, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
     });
     drop((source, store));
-    c.bench_function("vec source: select m over 1h, 10k series (source only)", |b| {
-        b.iter(|| many.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end))
-    });
+    c.bench_function(
+        "vec source: select m over 1h, 10k series (source only)",
+        |b| b.iter(|| many.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end)),
+    );
     c.bench_function("vec source: sum(avg_over_time(m[1h])), 10k series", |b| {
         b.iter(|| instant_query(&many, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
     });

@@ -128,11 +128,11 @@ impl BatchBuilder {
             return Err(Error::BatchFull);
         }
         let id = match self.find(at) {
-            Some(id) => {
+            Ok(id) => {
                 self.keys.truncate(at);
                 id
             }
-            None => match self.new_series(at) {
+            Err(hash) => match self.new_series(at, hash) {
                 Ok(id) => id,
                 Err(e) => {
                     self.keys.truncate(at);
@@ -146,26 +146,29 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// The series of the key at `keys[at..]`, if the batch has it.
-    fn find(&self, at: usize) -> Option<u32> {
+    /// The series of the key at `keys[at..]`, if the batch has it; else the
+    /// key's hash, for [`Self::new_series`].
+    fn find(&self, at: usize) -> Result<u32, u64> {
         let (arena, key) = (&self.keys[..at], &self.keys[at..]);
         if let Some(last) = self.last {
             let s = self.series[last as usize];
-            if s.key_len as usize == key.len() && arena.get(s.key_at as usize..)?.starts_with(key) {
-                return Some(last);
+            let known = arena.get(s.key_at as usize..).unwrap_or_default();
+            if s.key_len as usize == key.len() && known.starts_with(key) {
+                return Ok(last);
             }
         }
-        self.index.find(xxh3_64(key), arena, key)
+        let hash = xxh3_64(key);
+        self.index.find(hash, arena, key).ok_or(hash)
     }
 
-    fn new_series(&mut self, at: usize) -> Result<u32> {
+    fn new_series(&mut self, at: usize, hash: u64) -> Result<u32> {
         if self.series.len() >= SERIES_MAX {
             return Err(Error::BatchFull);
         }
         let id = self.series.len() as u32;
         let key_at = u32::try_from(at).map_err(|_| Error::BatchFull)?;
         let key_len = (self.keys.len() - at) as u32;
-        self.index.insert(xxh3_64(&self.keys[at..]), id, key_at);
+        self.index.insert(hash, id, key_at);
         self.series.push(BuiltSeries {
             key_at,
             key_len,

@@ -21,7 +21,7 @@ use controller::partition_of;
 use criterion::{Criterion, Throughput};
 use store::batch::BatchBuilder;
 use store::{PartitionId, Store, StoreConfig, Term};
-use tandem::graphite::{parse_line, GraphiteConfig, LineSplitter, Piece};
+use tandem::graphite::{find_byte, parse_line, GraphiteConfig, LineSplitter, Piece};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const RESOURCES: usize = 10_000;
@@ -89,7 +89,7 @@ type Reference<S> = HashMap<Vec<u8>, Vec<(i64, f64)>, S>;
 
 /// The reference: parse, look the series (its path) up in a hash
 /// map, append to a Vec. Nothing more: the same line splitting and parser as
-/// the hot path, the key found with one `memchr`.
+/// the hot path, the key found with one `find_byte`.
 fn minimal_loop<S: BuildHasher>(
     text: &[u8],
     series: &mut Reference<S>,
@@ -98,7 +98,7 @@ fn minimal_loop<S: BuildHasher>(
     let mut n = 0;
     for_each_line(text, config, |line| {
         let l = parse_line(line, config, 0).expect("valid line");
-        let key = &line[..memchr::memchr(b' ', line).expect("has fields")];
+        let key = &line[..find_byte(b' ', line).expect("has fields")];
         match series.get_mut(key) {
             Some(v) => v.push((l.timestamp_ms, l.value)),
             None => {

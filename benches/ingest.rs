@@ -4,15 +4,25 @@
 //! round; every iteration is one round with new timestamps. Beside it, the
 //! reference the issue names: a minimal loop that parses, looks each series
 //! up in a hash map and appends to a `Vec`.
+//!
+//! Instruction counts (repeatable on a busy machine): with
+//! `INGEST_PROFILE=store` (or `reference`), `INGEST_PROFILE_WARMUP=W` (30)
+//! and `INGEST_PROFILE_ROUNDS=N` (5) the bench runs W unmeasured rounds, then
+//! N rounds through `measured_*`, and exits, printing the thread's CPU time for the measured rounds (from
+//! `/proc/thread-self/schedstat`, so time spent waiting for a core on a busy
+//! machine is not counted). Run it under
+//! `valgrind --tool=callgrind --toggle-collect='*measured_*'` for counts.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use controller::partition_of;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput};
 use store::batch::BatchBuilder;
 use store::{PartitionId, Store, StoreConfig, Term};
-use tandem::graphite::{parse_line, GraphiteConfig};
+use tandem::graphite::{find_byte, parse_line, GraphiteConfig, LineSplitter, Piece};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const RESOURCES: usize = 10_000;
 const METRICS: usize = 10;
@@ -43,17 +53,14 @@ fn ingest(
     config: &GraphiteConfig,
 ) -> usize {
     let mut n = 0;
-    for line in text.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
+    for_each_line(text, config, |line| {
         let l = parse_line(line, config, 0).expect("valid line");
         let p = partition_of(l.resource.as_bytes(), PARTITIONS).0;
         builders[p as usize]
             .push(l.resource, l.metric, &[], l.timestamp_ms, l.value)
             .expect("valid key");
         n += 1;
-    }
+    });
     for (p, b) in builders.iter_mut().enumerate() {
         if b.is_empty() {
             continue;
@@ -67,19 +74,31 @@ fn ingest(
     n
 }
 
-/// The issue's reference: parse, look the series up in a hash map, append to a Vec.
-fn minimal_loop(
+/// Splits `text` into lines as the node's Graphite listener does.
+fn for_each_line(text: &[u8], config: &GraphiteConfig, mut on_line: impl FnMut(&[u8])) {
+    let mut splitter = LineSplitter::default();
+    splitter.feed(text, config.line_bytes_max, |piece| {
+        if let Piece::Line(line) = piece {
+            on_line(line)
+        }
+    });
+    assert!(splitter.finish().is_none(), "rounds end with a line end");
+}
+
+type Reference<S> = HashMap<Vec<u8>, Vec<(i64, f64)>, S>;
+
+/// The issue's reference: parse, look the series (its path) up in a hash
+/// map, append to a Vec. Nothing more: the same line splitting and parser as
+/// the hot path, the key found with one `find_byte`.
+fn minimal_loop<S: BuildHasher>(
     text: &[u8],
-    series: &mut HashMap<Vec<u8>, Vec<(i64, f64)>>,
+    series: &mut Reference<S>,
     config: &GraphiteConfig,
 ) -> usize {
     let mut n = 0;
-    for line in text.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
+    for_each_line(text, config, |line| {
         let l = parse_line(line, config, 0).expect("valid line");
-        let key = &line[..line.iter().position(|&b| b == b' ').expect("has fields")];
+        let key = &line[..find_byte(b' ', line).expect("has fields")];
         match series.get_mut(key) {
             Some(v) => v.push((l.timestamp_ms, l.value)),
             None => {
@@ -87,8 +106,35 @@ fn minimal_loop(
             }
         }
         n += 1;
-    }
+    });
     n
+}
+
+/// xxh3 as the reference map's hash, the one the store uses: std's default
+/// SipHash is DoS-resistant and slower.
+#[derive(Clone, Copy, Default)]
+struct Xxh3Build;
+
+#[derive(Default)]
+struct Xxh3Hasher(u64);
+
+impl BuildHasher for Xxh3Build {
+    type Hasher = Xxh3Hasher;
+    fn build_hasher(&self) -> Xxh3Hasher {
+        Xxh3Hasher(0)
+    }
+}
+
+impl Hasher for Xxh3Hasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= n as u64;
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -125,27 +171,160 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let mut series = HashMap::new();
+    reference(
+        &mut group,
+        "reference_minimal_loop",
+        HashMap::new(),
+        &config,
+    );
+    reference(
+        &mut group,
+        "reference_minimal_loop_xxh3",
+        HashMap::with_hasher(Xxh3Build),
+        &config,
+    );
+    group.finish();
+    let mem = store.memory_stats();
+    eprintln!("store after the run: {mem:?}");
+}
+
+fn reference<S: BuildHasher>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut series: Reference<S>,
+    config: &GraphiteConfig,
+) {
     let mut ts = 1_700_000_000i64;
     let mut walk = vec![50.0; SERIES];
-    group.bench_function("reference_minimal_loop", |b| {
+    group.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 ts += 10;
                 let text = round(ts, &mut walk);
                 let started = Instant::now();
-                let n = minimal_loop(&text, &mut series, &config);
+                let n = minimal_loop(&text, &mut series, config);
                 total += started.elapsed();
                 assert_eq!(n, SERIES);
             }
             total
         })
     });
-    group.finish();
-    let mem = store.memory_stats();
-    eprintln!("store after the run: {mem:?}");
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+#[inline(never)]
+fn measured_ingest(
+    text: &[u8],
+    store: &Store,
+    builders: &mut [BatchBuilder],
+    buf: &mut Vec<u8>,
+    config: &GraphiteConfig,
+) -> usize {
+    ingest(text, store, builders, buf, config)
+}
+
+#[inline(never)]
+fn measured_minimal_loop<S: BuildHasher>(
+    text: &[u8],
+    series: &mut Reference<S>,
+    config: &GraphiteConfig,
+) -> usize {
+    minimal_loop(text, series, config)
+}
+
+/// Fixed input for instruction counting: `warmup` unmeasured rounds (so
+/// head chunks are past their first samples, as in a long run), then `rounds`.
+fn profile(which: &str, warmup: usize, rounds: usize) {
+    let config = GraphiteConfig::default();
+    let mut walk = vec![50.0; SERIES];
+    let mut ts = 1_700_000_000i64;
+    let mut next_text = || {
+        ts += 10;
+        round(ts, &mut walk)
+    };
+    let (mut n, mut cpu_ns) = (0, 0);
+    match which {
+        "store" => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (store, _) =
+                Store::open(StoreConfig::new(dir.path().join("store"))).expect("open store");
+            for p in 0..PARTITIONS {
+                store
+                    .create_partition(PartitionId(p))
+                    .expect("create partition");
+            }
+            let mut builders: Vec<BatchBuilder> =
+                (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
+            let mut buf = Vec::new();
+            for _ in 0..warmup {
+                ingest(&next_text(), &store, &mut builders, &mut buf, &config);
+            }
+            for _ in 0..rounds {
+                let text = next_text();
+                let started = thread_cpu_ns();
+                n += measured_ingest(&text, &store, &mut builders, &mut buf, &config);
+                cpu_ns += thread_cpu_ns() - started;
+            }
+        }
+        "reference" => {
+            let mut series = HashMap::new();
+            (n, cpu_ns) = profile_reference(&mut series, warmup, rounds, &mut next_text, &config);
+        }
+        "reference_xxh3" => {
+            let mut series = HashMap::with_hasher(Xxh3Build);
+            (n, cpu_ns) = profile_reference(&mut series, warmup, rounds, &mut next_text, &config);
+        }
+        other => {
+            panic!("INGEST_PROFILE is `store`, `reference` or `reference_xxh3`, not {other:?}")
+        }
+    }
+    eprintln!(
+        "{which}: {n} samples in {rounds} measured rounds, {:.1} ms of thread CPU time: {:.2} M samples per CPU second",
+        cpu_ns as f64 / 1e6,
+        n as f64 / cpu_ns as f64 * 1e3
+    );
+}
+
+fn profile_reference<S: BuildHasher>(
+    series: &mut Reference<S>,
+    warmup: usize,
+    rounds: usize,
+    next_text: &mut impl FnMut() -> Vec<u8>,
+    config: &GraphiteConfig,
+) -> (usize, u64) {
+    let (mut n, mut cpu_ns) = (0, 0);
+    for _ in 0..warmup {
+        minimal_loop(&next_text(), series, config);
+    }
+    for _ in 0..rounds {
+        let text = next_text();
+        let started = thread_cpu_ns();
+        n += measured_minimal_loop(&text, series, config);
+        cpu_ns += thread_cpu_ns() - started;
+    }
+    (n, cpu_ns)
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux schedstat; 0 elsewhere).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    if let Ok(which) = std::env::var("INGEST_PROFILE") {
+        let var = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(default)
+        };
+        let warmup = var("INGEST_PROFILE_WARMUP", 30);
+        return profile(&which, warmup, var("INGEST_PROFILE_ROUNDS", 5));
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}

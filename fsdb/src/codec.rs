@@ -576,28 +576,35 @@ impl ChunkEncoder {
             self.bits.write(ts as u64, 64);
             let code = self.plan_first_value(value);
             self.emit(code, value);
-        } else if self.is_repeat(ts, value) && self.repeats >= RUN_AFTER {
-            self.push_run();
         } else {
             let repeat = self.is_repeat(ts, value);
-            self.repeats = if repeat { self.repeats + 1 } else { 0 };
-            self.run_len = 0;
-            let delta = ts.wrapping_sub(self.last_ts);
-            let dod = delta.wrapping_sub(self.ts_delta);
-            self.ts_delta = delta;
-            let code = self.plan_value(value);
-            // Sample code 0: dod 0 and a value code starting with 0, which
-            // doubles as the sample code. Anything else: 1, then both codes.
-            if dod != 0 || !code.starts_with_zero() {
-                self.bits.write(1, 1);
-                write_ts_dod(&mut self.bits, dod);
+            if repeat && self.repeats >= RUN_AFTER {
+                self.push_run();
+            } else {
+                self.push_plain(ts, value, repeat);
             }
-            self.emit(code, value);
         }
         self.last_ts = ts;
         self.value.prev_bits = value.to_bits();
         self.count += 1;
         self.bits.buf[1..HEADER_BYTES].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// A sample that is not part of a run: its timestamp code and value code.
+    fn push_plain(&mut self, ts: i64, value: f64, repeat: bool) {
+        self.repeats = if repeat { self.repeats + 1 } else { 0 };
+        self.run_len = 0;
+        let delta = ts.wrapping_sub(self.last_ts);
+        let dod = delta.wrapping_sub(self.ts_delta);
+        self.ts_delta = delta;
+        let code = self.plan_value(value);
+        // Sample code 0: dod 0 and a value code starting with 0, which
+        // doubles as the sample code. Anything else: 1, then both codes.
+        if dod != 0 || !code.starts_with_zero() {
+            self.bits.write(1, 1);
+            write_ts_dod(&mut self.bits, dod);
+        }
+        self.emit(code, value);
     }
 
     /// Whether the sample repeats the last one: same interval, same value bits,

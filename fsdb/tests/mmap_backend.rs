@@ -161,3 +161,30 @@ fn synced_records_released_from_memory_read_back_intact() {
     drop(log);
     check(&PartitionLog::open(Arc::new(MmapBackend), &dir, config).unwrap());
 }
+
+#[test]
+fn a_first_record_larger_than_the_first_segment_replaces_it() {
+    // The empty first segment and its successor share a base LSN, hence a
+    // file name: the log must not keep both (trimming then removed the file
+    // twice and failed with NotFound).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p3");
+    let mut log = open(&dir);
+    let big = vec![7u8; 4000];
+    for _ in 0..4 {
+        log.append(Term(1), &big).unwrap();
+    }
+    assert_eq!(log.first_lsn(), Lsn(1));
+    log.trim_before(Lsn(4)).unwrap();
+    let names = segment_files(&dir);
+    drop(log);
+    let log = open(&dir);
+    assert_eq!(segment_files(&dir), names);
+    assert_eq!(log.last_lsn(), Lsn(4));
+    let lsns: Vec<Lsn> = log
+        .read_from(log.first_lsn())
+        .unwrap()
+        .map(|r| r.unwrap().lsn)
+        .collect();
+    assert_eq!(lsns.last(), Some(&Lsn(4)));
+}

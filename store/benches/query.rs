@@ -1,10 +1,18 @@
-//! Benchmarks of the PromQL engine over a `VecSource`: one long raw series, and an aggregation over 10 k series.
+//! Benchmarks of the PromQL engine: one long raw series, and an aggregation over 10 k series, over the real store (sealed chunk files plus head chunks, read through `Store::source`) and over a `VecSource` for comparison.
+//!
+//! Run: `cargo bench -p store --bench query -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use store::batch::BatchBuilder;
 use store::query::{instant_query, QueryOptions, VecSource};
-use store::{Labels, MatchOp, Matcher, SeriesData, Source};
+use store::{Labels, MatchOp, Matcher, PartitionId, SeriesData, Source, Store, StoreConfig, Term};
 
 const INTERVAL_MS: i64 = 10_000;
+const PARTITIONS: u32 = 16;
+
+fn value(resource: usize, i: i64) -> f64 {
+    (i % 100) as f64 * 0.5 + resource as f64
+}
 
 fn series(metric: &str, resource: usize, samples: usize) -> SeriesData {
     SeriesData {
@@ -13,30 +21,120 @@ fn series(metric: &str, resource: usize, samples: usize) -> SeriesData {
             ("resource".into(), format!("vm{resource}")),
         ]),
         samples: (0..samples as i64)
-            .map(|i| (i * INTERVAL_MS, (i % 100) as f64 * 0.5 + resource as f64))
+            .map(|i| (i * INTERVAL_MS, value(resource, i)))
             .collect(),
     }
+}
+
+/// A store holding `resources` series of `metric` with `samples` samples
+/// each: the first `sealed` of every series in chunk files, the rest in
+/// head chunks. Returns the store (and the directory it lives in).
+fn real_store(
+    metric: &str,
+    resources: usize,
+    samples: i64,
+    sealed: i64,
+) -> (Store, Vec<PartitionId>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(StoreConfig::new(dir.path())).expect("open store");
+    let ids: Vec<PartitionId> = (0..PARTITIONS).map(PartitionId).collect();
+    for &id in &ids {
+        store.create_partition(id).expect("create partition");
+    }
+    let mut builders: Vec<BatchBuilder> = ids.iter().map(|_| BatchBuilder::new()).collect();
+    let mut write = |from: i64, to: i64| {
+        for r in 0..resources {
+            let resource = format!("vm{r}");
+            let p = xxhash_rust::xxh3::xxh3_64(resource.as_bytes()) % u64::from(PARTITIONS);
+            for i in from..to {
+                builders[p as usize]
+                    .push(&resource, metric, &[], i * INTERVAL_MS, value(r, i))
+                    .expect("valid key");
+            }
+        }
+        for (b, &id) in builders.iter_mut().zip(&ids) {
+            if !b.is_empty() {
+                let mut bytes = Vec::new();
+                b.encode(&mut bytes);
+                b.clear();
+                store
+                    .partition(id)
+                    .expect("created")
+                    .append(Term(1), &bytes)
+                    .expect("append");
+            }
+        }
+    };
+    // In slices, so that no batch grows past the log's record limit.
+    let step = (100_000 / resources as i64).max(1);
+    for (from, to) in [(0, sealed), (sealed, samples)] {
+        let mut at = from;
+        while at < to {
+            write(at, (at + step).min(to));
+            at += step;
+        }
+        if to == sealed {
+            for &id in &ids {
+                store.partition(id).expect("created").seal().expect("seal");
+            }
+        }
+    }
+    (store, ids, dir)
 }
 
 fn bench(c: &mut Criterion) {
     let opts = QueryOptions::default();
 
-    // One day of one series at 10 s: 8 640 samples, returned raw.
-    let one = VecSource::new(vec![series("m", 0, 8_640)]);
+    // One day of one series at 10 s: 8 640 samples, returned raw; 6 000 of
+    // them in a sealed chunk file, the rest in the head chunk.
     let end = 8_639 * INTERVAL_MS;
-    c.bench_function("raw m[1d], 1 series x 8640 samples", |b| {
+    let (store, ids, _dir) = real_store("m", 1, 8_640, 6_000);
+    let source = store.source(&ids);
+    let m = Matcher::new("__name__", MatchOp::Equal, "m").unwrap();
+    let all = source.select(std::slice::from_ref(&m), 0, end);
+    assert_eq!(all[0].samples.len(), 8_640);
+    assert!(
+        store.memory_stats().head_samples == 2_640,
+        "6 000 samples sealed"
+    );
+    c.bench_function("store: raw m[1d], 1 series x 8640 samples", |b| {
+        b.iter(|| instant_query(&source, "m[1d]", end, &opts).unwrap())
+    });
+    drop((source, store));
+    let one = VecSource::new(vec![series("m", 0, 8_640)]);
+    c.bench_function("vec source: raw m[1d], 1 series x 8640 samples", |b| {
         b.iter(|| instant_query(&one, "m[1d]", end, &opts).unwrap())
     });
 
-    // 10 k series with a little over an hour each at 10 s.
-    let many = VecSource::new((0..10_000).map(|r| series("m", r, 400)).collect());
+    // 10 k series with a little over an hour each at 10 s: 200 samples per
+    // series sealed, 200 in head chunks.
     let end = 399 * INTERVAL_MS;
-    // The source's share of it: selecting and copying the hour of samples.
-    let m = Matcher::new("__name__", MatchOp::Equal, "m").unwrap();
-    c.bench_function("select m over 1h, 10k series (source only)", |b| {
-        b.iter(|| many.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end))
+    let (store, ids, _dir) = real_store("m", 10_000, 400, 200);
+    let source = store.source(&ids);
+    assert_eq!(
+        source.select(std::slice::from_ref(&m), 0, end).len(),
+        10_000
+    );
+    assert_eq!(store.memory_stats().head_samples, 2_000_000, "half sealed");
+    let many = VecSource::new((0..10_000).map(|r| series("m", r, 400)).collect());
+    let q = "sum(avg_over_time(m[1h]))";
+    assert_eq!(
+        format!("{:?}", instant_query(&source, q, end, &opts).unwrap()),
+        format!("{:?}", instant_query(&many, q, end, &opts).unwrap()),
+        "the store and the vectors answer alike"
+    );
+    c.bench_function("store: select m over 1h, 10k series (source only)", |b| {
+        b.iter(|| source.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end))
     });
-    c.bench_function("sum(avg_over_time(m[1h])), 10k series", |b| {
+    c.bench_function("store: sum(avg_over_time(m[1h])), 10k series", |b| {
+        b.iter(|| instant_query(&source, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
+    });
+    drop((source, store));
+    c.bench_function(
+        "vec source: select m over 1h, 10k series (source only)",
+        |b| b.iter(|| many.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end)),
+    );
+    c.bench_function("vec source: sum(avg_over_time(m[1h])), 10k series", |b| {
         b.iter(|| instant_query(&many, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
     });
 }

@@ -18,12 +18,11 @@
 //! the same series may appear more than once (later samples win).
 
 use crate::error::{Error, Result};
-use crate::series::{encode_parts, KeyRef, SeriesKey};
+use crate::memory::HashIndex;
+use crate::series::{encode_parts, KeyRef, SeriesKey, STRING_BYTES_MAX, TAGS_MAX};
+use crate::source::{METRIC_LABEL, RESOURCE_LABEL};
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use xxhash_rust::xxh3::xxh3_64;
-
-use crate::memory::IdentityHasher;
 
 pub const MAGIC: u8 = 0xB7;
 pub const VERSION: u8 = 1;
@@ -66,21 +65,31 @@ fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
     out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-type Slot = (Vec<u8>, Vec<(i64, f64)>);
+/// One series of a batch being built: where its key is in the builder's key
+/// arena, and how many samples it has.
+#[derive(Clone, Copy)]
+struct BuiltSeries {
+    key_at: u32,
+    key_len: u32,
+    samples: u32,
+}
 
 /// Groups samples by series as they arrive, then encodes them as one batch.
 /// Reuse one builder (`clear`) to keep its allocations.
+///
+/// Cache-friendly by layout: keys go back to back into one arena, samples
+/// into one array in arrival order (tagged with their series), and a flat
+/// hash index finds a key that is already in the batch. Grouping the samples
+/// by series is left to [`BatchBuilder::encode`], one counting sort per batch.
 #[derive(Default)]
 pub struct BatchBuilder {
-    /// xxh3 of the key bytes -> slot; a colliding key goes to `collided`.
-    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
-    collided: HashMap<Vec<u8>, usize>,
-    last: usize,
-    /// Slots of (key bytes, samples); `used` of them hold this batch.
-    series: Vec<Slot>,
-    used: usize,
-    samples: usize,
-    scratch: Vec<u8>,
+    series: Vec<BuiltSeries>,
+    keys: Vec<u8>,
+    index: HashIndex,
+    /// (series, timestamp, value) in arrival order.
+    samples: Vec<(u32, i64, f64)>,
+    /// Series of the previous sample: consecutive samples of one series skip the hash.
+    last: Option<u32>,
 }
 
 impl BatchBuilder {
@@ -98,101 +107,161 @@ impl BatchBuilder {
         ts: i64,
         value: f64,
     ) -> Result<()> {
-        self.scratch.clear();
-        encode_parts(resource, metric, tags.iter().copied(), &mut self.scratch);
-        KeyRef::parse(&self.scratch)?;
-        self.push_key_bytes(ts, value)
+        check_parts(resource, metric, tags)?;
+        let at = self.keys.len();
+        encode_parts(resource, metric, tags.iter().copied(), &mut self.keys);
+        self.push_key_at(at, ts, value)
     }
 
     /// Adds one sample of an owned key.
     pub fn push_key(&mut self, key: &SeriesKey, ts: i64, value: f64) -> Result<()> {
-        self.scratch.clear();
-        key.encode_into(&mut self.scratch);
-        self.push_key_bytes(ts, value)
+        let at = self.keys.len();
+        key.encode_into(&mut self.keys);
+        self.push_key_at(at, ts, value)
     }
 
-    fn push_key_bytes(&mut self, ts: i64, value: f64) -> Result<()> {
-        if self.samples >= SAMPLES_MAX {
+    /// Adds a sample of the key just encoded at `keys[at..]`, which stays
+    /// in the arena only if it is new to the batch.
+    fn push_key_at(&mut self, at: usize, ts: i64, value: f64) -> Result<()> {
+        if self.samples.len() >= SAMPLES_MAX {
+            self.keys.truncate(at);
             return Err(Error::BatchFull);
         }
-        let slot = match self.find_slot() {
-            Some(slot) => slot,
-            None => self.new_slot()?,
+        let id = match self.find(at) {
+            Ok(id) => {
+                self.keys.truncate(at);
+                id
+            }
+            Err(hash) => match self.new_series(at, hash) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.keys.truncate(at);
+                    return Err(e);
+                }
+            },
         };
-        self.last = slot;
-        self.series[slot].1.push((ts, value));
-        self.samples += 1;
+        self.last = Some(id);
+        self.series[id as usize].samples += 1;
+        self.samples.push((id, ts, value));
         Ok(())
     }
 
-    /// The slot of the key in `scratch`, if this batch has it. Consecutive
-    /// samples of one series skip the hash.
-    fn find_slot(&self) -> Option<usize> {
-        if self.last < self.used && self.series[self.last].0 == self.scratch {
-            return Some(self.last);
+    /// The series of the key at `keys[at..]`, if the batch has it; else the
+    /// key's hash, for [`Self::new_series`].
+    fn find(&self, at: usize) -> Result<u32, u64> {
+        let (arena, key) = (&self.keys[..at], &self.keys[at..]);
+        if let Some(last) = self.last {
+            let s = self.series[last as usize];
+            let known = arena.get(s.key_at as usize..).unwrap_or_default();
+            if s.key_len as usize == key.len() && known.starts_with(key) {
+                return Ok(last);
+            }
         }
-        let slot = *self.index.get(&xxh3_64(&self.scratch))?;
-        if self.series[slot].0 == self.scratch {
-            return Some(slot);
-        }
-        self.collided.get(self.scratch.as_slice()).copied()
+        let hash = xxh3_64(key);
+        self.index.find(hash, arena, key).ok_or(hash)
     }
 
-    fn new_slot(&mut self) -> Result<usize> {
-        if self.used >= SERIES_MAX {
+    fn new_series(&mut self, at: usize, hash: u64) -> Result<u32> {
+        if self.series.len() >= SERIES_MAX {
             return Err(Error::BatchFull);
         }
-        let slot = self.used;
-        if slot == self.series.len() {
-            self.series.push((Vec::new(), Vec::new()));
-        }
-        self.series[slot].0.clear();
-        self.series[slot].0.extend_from_slice(&self.scratch);
-        let hash = xxh3_64(&self.scratch);
-        match self.index.entry(hash) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.collided.insert(self.scratch.clone(), slot);
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(slot);
-            }
-        }
-        self.used += 1;
-        Ok(slot)
+        let id = self.series.len() as u32;
+        let key_at = u32::try_from(at).map_err(|_| Error::BatchFull)?;
+        let key_len = (self.keys.len() - at) as u32;
+        self.index.insert(hash, id, key_at);
+        self.series.push(BuiltSeries {
+            key_at,
+            key_len,
+            samples: 0,
+        });
+        Ok(id)
     }
 
     pub fn samples(&self) -> usize {
-        self.samples
+        self.samples.len()
     }
 
     pub fn series(&self) -> usize {
-        self.used
+        self.series.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.samples == 0
+        self.samples.is_empty()
     }
 
-    /// Appends the batch to `out`.
+    /// Appends the batch to `out`: series in order of first arrival, the
+    /// samples of each in arrival order.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(
+            HEADER_BYTES + self.keys.len() + self.series.len() * 5 + self.samples.len() * 12,
+        );
         out.extend_from_slice(&[MAGIC, VERSION]);
-        out.extend_from_slice(&(self.used as u32).to_le_bytes());
-        for (key, samples) in &self.series[..self.used] {
-            out.extend_from_slice(key);
-            put_samples(samples, out);
+        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
+        if self.samples.len() == self.series.len() {
+            // One sample per series (the Graphite case): arrival order is
+            // series order, nothing to group.
+            for (s, &(_, ts, v)) in self.series.iter().zip(&self.samples) {
+                out.extend_from_slice(&self.keys[s.key_at as usize..][..s.key_len as usize]);
+                put_samples(&[(ts, v)], out);
+            }
+            return;
+        }
+        // A stable counting sort by series.
+        let mut next = Vec::with_capacity(self.series.len());
+        let mut at = 0usize;
+        for s in &self.series {
+            next.push(at);
+            at += s.samples as usize;
+        }
+        let mut grouped = vec![(0, 0.0); self.samples.len()];
+        for &(id, ts, v) in &self.samples {
+            let slot = &mut next[id as usize];
+            grouped[*slot] = (ts, v);
+            *slot += 1;
+        }
+        let mut from = 0;
+        for s in &self.series {
+            let to = from + s.samples as usize;
+            out.extend_from_slice(&self.keys[s.key_at as usize..][..s.key_len as usize]);
+            put_samples(&grouped[from..to], out);
+            from = to;
         }
     }
 
     /// Empties the builder, keeping its allocations.
     pub fn clear(&mut self) {
+        self.series.clear();
+        self.keys.clear();
         self.index.clear();
-        self.collided.clear();
-        for s in &mut self.series[..self.used] {
-            s.1.clear();
-        }
-        self.used = 0;
-        self.samples = 0;
+        self.samples.clear();
+        self.last = None;
     }
+}
+
+/// What [`KeyRef::parse`] would check of the key made of these parts (the
+/// strings are `&str`, so already UTF-8).
+fn check_parts(resource: &str, metric: &str, tags: &[(&str, &str)]) -> Result<()> {
+    let long = |s: &str| s.len() > STRING_BYTES_MAX;
+    if long(resource) || long(metric) {
+        return Err(Error::InvalidKey("string too long"));
+    }
+    if tags.len() > TAGS_MAX {
+        return Err(Error::InvalidKey("too many tags"));
+    }
+    let mut prev: Option<&str> = None;
+    for &(name, value) in tags {
+        if long(name) || long(value) {
+            return Err(Error::InvalidKey("string too long"));
+        }
+        if name.is_empty() || name == METRIC_LABEL || name == RESOURCE_LABEL {
+            return Err(Error::InvalidKey("tag name is empty or reserved"));
+        }
+        if prev.is_some_and(|p| p >= name) {
+            return Err(Error::InvalidKey("tag names not strictly increasing"));
+        }
+        prev = Some(name);
+    }
+    Ok(())
 }
 
 /// A validated batch, borrowed from its bytes.

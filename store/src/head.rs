@@ -34,6 +34,9 @@ pub(crate) struct SealedRef {
     pub max_ts: i64,
 }
 
+/// The write path's state of one series: two cache lines, aligned so that
+/// the CPU's adjacent-line prefetch brings both in together.
+#[repr(align(128))]
 pub(crate) struct Series {
     /// Where the canonical key bytes (see series.rs) are in the
     /// partition's key arena: keys of series created together sit together,
@@ -44,7 +47,6 @@ pub(crate) struct Series {
     /// Boxed: 8 bytes per series instead of 24, and most series have none.
     #[allow(clippy::box_collection)]
     pub overlay: Option<Box<BTreeMap<i64, f64>>>,
-    pub sealed: Vec<SealedRef>,
     /// Newest timestamp of the series (`i64::MIN` while it has none).
     pub newest: i64,
 }
@@ -56,9 +58,16 @@ impl Series {
             key_len,
             head: ChunkEncoder::new(),
             overlay: None,
-            sealed: Vec::new(),
             newest: i64::MIN,
         }
+    }
+
+    /// Loads what the next write reads (the state and the head chunk's last
+    /// byte), so that a batch can have these loads in flight together.
+    #[inline]
+    pub fn touch(&self) -> u64 {
+        let bytes = self.head.bytes();
+        self.newest as u64 ^ u64::from(bytes[bytes.len() - 1])
     }
 
     #[inline]
@@ -85,42 +94,59 @@ impl Series {
     /// Appends the unsealed samples in `start..=end` (head, then overlay) to
     /// `runs`, each as its own sorted run.
     pub fn read_unsealed(&self, start: i64, end: i64, runs: &mut Runs) {
-        if start > end {
-            return;
-        }
-        let span = self.head.first_ts().zip(self.head.last_ts());
-        if span.is_some_and(|(first, last)| first <= end && last >= start) {
-            runs.begin();
-            // The head encoder's bytes are decodable at any moment; a failure
-            // here is a broken invariant of the codec, not bad input.
-            let decoded = fsdb::codec::decode_into(self.head.bytes(), &mut runs.samples);
-            debug_assert!(decoded.is_ok(), "head chunk does not decode");
-            runs.end_filtered(start, end);
-        }
-        if let Some(overlay) = &self.overlay {
-            runs.begin();
-            runs.samples
-                .extend(overlay.range(start..=end).map(|(&t, &v)| (t, v)));
-            runs.end_filtered(start, end);
-        }
+        read_parts(&self.head, self.overlay.as_deref(), start, end, runs);
     }
 
     /// Memory held by this series' samples: the head chunk (its encoder
     /// state and its buffer) and the overlay.
     pub fn sample_bytes(&self) -> usize {
-        std::mem::size_of::<ChunkEncoder>()
-            + self.head.heap_bytes()
-            + self.overlay.as_ref().map_or(0, |o| {
-                std::mem::size_of::<BTreeMap<i64, f64>>() + o.len() * 40
-            })
+        parts_bytes(&self.head, self.overlay.as_deref())
     }
 
     /// Memory held by this series' identity and bookkeeping (the head
-    /// encoder's state is counted with the samples).
+    /// encoder's state is counted with the samples; where its sealed chunks
+    /// are is counted by the index).
     pub fn index_bytes(&self) -> usize {
         std::mem::size_of::<Series>() - std::mem::size_of::<ChunkEncoder>()
-            + self.sealed.capacity() * std::mem::size_of::<SealedRef>()
     }
+}
+
+/// Appends the samples of a head chunk and an overlay in `start..=end` to
+/// `runs`, each as its own sorted run (the overlay's win).
+pub(crate) fn read_parts(
+    head: &ChunkEncoder,
+    overlay: Option<&BTreeMap<i64, f64>>,
+    start: i64,
+    end: i64,
+    runs: &mut Runs,
+) {
+    if start > end {
+        return;
+    }
+    let span = head.first_ts().zip(head.last_ts());
+    if span.is_some_and(|(first, last)| first <= end && last >= start) {
+        runs.begin();
+        // The head encoder's bytes are decodable at any moment; a failure
+        // here is a broken invariant of the codec, not bad input.
+        let decoded = fsdb::codec::decode_into(head.bytes(), &mut runs.samples);
+        debug_assert!(decoded.is_ok(), "head chunk does not decode");
+        runs.end_filtered(start, end);
+    }
+    if let Some(overlay) = overlay {
+        runs.begin();
+        runs.samples
+            .extend(overlay.range(start..=end).map(|(&t, &v)| (t, v)));
+        runs.end_filtered(start, end);
+    }
+}
+
+/// Memory held by a head chunk and an overlay.
+pub(crate) fn parts_bytes(head: &ChunkEncoder, overlay: Option<&BTreeMap<i64, f64>>) -> usize {
+    std::mem::size_of::<ChunkEncoder>()
+        + head.heap_bytes()
+        + overlay.map_or(0, |o| {
+            std::mem::size_of::<BTreeMap<i64, f64>>() + o.len() * 40
+        })
 }
 
 /// Sorted runs of samples in priority order (later runs win on equal

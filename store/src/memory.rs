@@ -1,41 +1,21 @@
 //! A partition's in-memory state: the series index (interned keys, label postings) and the series themselves.
 //!
 //! Interning: a series is found by the xxh3 hash of its canonical key bytes
-//! (a `u64 -> id` map with an identity hasher, so a lookup hashes the batch's
-//! key slice once and touches one small table); the rare hash collision goes
-//! to a second map keyed by the bytes. Ids are dense `u32`s into `series`.
+//! in [`HashIndex`], a flat open-addressing table whose slot holds the hash,
+//! the id and where the key is in the key arena: a lookup touches one slot
+//! and the key bytes, nothing else. Ids are dense `u32`s into `series`.
 //!
 //! Postings: label name -> value -> sorted series ids, for selects.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::batch::BatchView;
-use crate::head::{Outcome, Series};
+use crate::head::{Outcome, SealedRef, Series};
 use crate::series::KeyRef;
 use crate::source::{Matcher, METRIC_LABEL, RESOURCE_LABEL};
 
-/// A hasher for keys that already are hashes.
-#[derive(Default)]
-pub(crate) struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type HashIndex = HashMap<u64, u32, BuildHasherDefault<IdentityHasher>>;
 type Postings = HashMap<Box<str>, HashMap<Box<str>, Vec<u32>>>;
 
 /// Counters of what the writes did.
@@ -47,13 +27,23 @@ pub struct WriteCounts {
     pub rejected: u64,
 }
 
+/// Series of a batch resolved together before any of them is written: the
+/// lookups of a window are independent loads that the CPU overlaps, and the
+/// writes then find their series in cache. Small enough that a window's
+/// series stay in L2 between the two passes.
+const APPLY_WINDOW: usize = 64;
+/// A window entry whose series is not in the index yet.
+const NEW_SERIES: u32 = u32::MAX;
+
 #[derive(Default)]
 pub(crate) struct Memory {
     pub series: Vec<Series>,
+    /// Where each series has sealed chunks, by series id (kept apart from
+    /// `series` so the write path's per-series state stays two cache lines).
+    pub sealed: Vec<Vec<SealedRef>>,
     /// The canonical keys of all series, back to back.
     keys: Vec<u8>,
-    by_hash: HashIndex,
-    collisions: HashMap<Box<[u8]>, u32>,
+    index: HashIndex,
     postings: Postings,
     pub counts: WriteCounts,
 }
@@ -69,29 +59,18 @@ impl Memory {
     #[inline]
     pub fn intern<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
         let hash = xxh3_64(key_bytes);
-        if let Some(&id) = self.by_hash.get(&hash) {
-            if self.key(&self.series[id as usize]) == key_bytes {
-                return id;
-            }
-            if let Some(&id) = self.collisions.get(key_bytes) {
-                return id;
-            }
-            let id = self.add_series(key_bytes, key);
-            self.collisions.insert(key_bytes.into(), id);
+        if let Some(id) = self.index.find(hash, &self.keys, key_bytes) {
             return id;
         }
-        let id = self.add_series(key_bytes, key);
-        self.by_hash.insert(hash, id);
-        id
-    }
-
-    fn add_series<'k>(&mut self, key_bytes: &[u8], key: impl Fn() -> KeyRef<'k>) -> u32 {
         let key = key();
         let id = u32::try_from(self.series.len()).expect("fewer than 2^32 series per partition");
+        assert!(id != NEW_SERIES, "fewer than 2^32 - 1 series per partition");
         let key_at = u32::try_from(self.keys.len()).expect("less than 4 GiB of keys per partition");
         self.keys.extend_from_slice(key_bytes);
         self.series
             .push(Series::new(key_at, key_bytes.len() as u32));
+        self.sealed.push(Vec::new());
+        self.index.insert(hash, id, key_at);
         self.post(METRIC_LABEL, key.metric, id);
         self.post(RESOURCE_LABEL, key.resource, id);
         for (n, v) in key.tags() {
@@ -113,16 +92,45 @@ impl Memory {
         }
     }
 
-    /// Applies a validated batch.
+    /// Applies a validated batch, a window of series at a time: first every
+    /// series of the window is looked up and its state touched, then the
+    /// window's samples are written.
     pub fn apply(&mut self, batch: &BatchView<'_>, ooo_window_ms: i64) {
         let mut counts = self.counts;
-        for s in batch.series() {
-            let id = self.intern(s.key_bytes, || s.key());
-            let series = &mut self.series[id as usize];
-            for (ts, v) in s.samples {
-                match series.write(ts, v, ooo_window_ms) {
-                    Outcome::Rejected => counts.rejected += 1,
-                    Outcome::Appended | Outcome::Overlaid => counts.accepted += 1,
+        let mut window = Vec::with_capacity(APPLY_WINDOW.min(batch.series_count()));
+        let mut series = batch.series();
+        loop {
+            window.clear();
+            let mut touched = 0u64;
+            for s in series.by_ref().take(APPLY_WINDOW) {
+                let id = match self
+                    .index
+                    .find(xxh3_64(s.key_bytes), &self.keys, s.key_bytes)
+                {
+                    Some(id) => {
+                        touched ^= self.series[id as usize].touch();
+                        id
+                    }
+                    None => NEW_SERIES,
+                };
+                window.push((id, s));
+            }
+            if window.is_empty() {
+                break;
+            }
+            // The touches are loads issued early; nothing needs their values.
+            std::hint::black_box(touched);
+            for (id, s) in window.drain(..) {
+                let id = match id {
+                    NEW_SERIES => self.intern(s.key_bytes, || s.key()),
+                    id => id,
+                };
+                let series = &mut self.series[id as usize];
+                for (ts, v) in s.samples {
+                    match series.write(ts, v, ooo_window_ms) {
+                        Outcome::Rejected => counts.rejected += 1,
+                        Outcome::Appended | Outcome::Overlaid => counts.accepted += 1,
+                    }
                 }
             }
         }
@@ -179,12 +187,17 @@ impl Memory {
         ids
     }
 
-    /// Bytes of the index: per-series bookkeeping, hash tables and postings.
+    /// Bytes of the index: per-series bookkeeping, hash table and postings.
     pub fn index_bytes(&self) -> usize {
         let series: usize = self.series.iter().map(Series::index_bytes).sum();
-        // A hashbrown bucket is the entry plus one control byte; `capacity`
-        // is 7/8 of the buckets.
-        let table = self.by_hash.capacity() * 8 / 7 * 17 + self.collisions.capacity() * 8 / 7 * 25;
+        let sealed: usize = self
+            .sealed
+            .iter()
+            .map(|r| {
+                std::mem::size_of::<Vec<SealedRef>>()
+                    + r.capacity() * std::mem::size_of::<SealedRef>()
+            })
+            .sum();
         let postings: usize = self
             .postings
             .iter()
@@ -198,8 +211,9 @@ impl Memory {
             })
             .sum();
         series
+            + sealed
             + self.keys.capacity()
-            + table
+            + self.index.heap_bytes()
             + postings
             + (self.series.capacity() - self.series.len()) * std::mem::size_of::<Series>()
     }
@@ -230,4 +244,128 @@ fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
         }
     }
     out
+}
+
+/// One slot of [`HashIndex`]: 16 bytes, four to a cache line.
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    /// `NEW_SERIES` marks an empty slot.
+    id: u32,
+    key_at: u32,
+}
+
+const EMPTY: Slot = Slot {
+    hash: 0,
+    id: NEW_SERIES,
+    key_at: 0,
+};
+
+/// Series key hash -> id, linear probing, at most 3/4 full. Hash collisions
+/// need no special case: a probe goes on past slots whose key differs.
+#[derive(Default)]
+pub(crate) struct HashIndex {
+    /// Empty, or a power of two of slots.
+    slots: Vec<Slot>,
+    len: usize,
+}
+
+impl HashIndex {
+    /// The id of `key` (hashing to `hash`), whose bytes are compared with
+    /// the arena `keys`. Canonical keys are prefix-free (their length fields
+    /// say where they end), so the arena bytes at a slot's `key_at` that
+    /// equal `key` over `key.len()` bytes are that very key.
+    #[inline]
+    pub fn find(&self, hash: u64, keys: &[u8], key: &[u8]) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let slot = self.slots[i];
+            if slot.id == NEW_SERIES {
+                return None;
+            }
+            if slot.hash == hash && keys.get(slot.key_at as usize..)?.starts_with(key) {
+                return Some(slot.id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds a key that `find` did not find.
+    pub fn insert(&mut self, hash: u64, id: u32, key_at: u32) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            self.grow();
+        }
+        self.place(Slot { hash, id, key_at });
+        self.len += 1;
+    }
+
+    fn place(&mut self, slot: Slot) {
+        let mask = self.slots.len() - 1;
+        let mut i = slot.hash as usize & mask;
+        while self.slots[i].id != NEW_SERIES {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = slot;
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY; size]);
+        for slot in old {
+            if slot.id != NEW_SERIES {
+                self.place(slot);
+            }
+        }
+    }
+
+    /// Forgets every key, keeping the table's size.
+    pub fn clear(&mut self) {
+        if self.len > 0 {
+            self.slots.fill(EMPTY);
+            self.len = 0;
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_index_finds_every_key_despite_equal_hashes() {
+        let mut index = HashIndex::default();
+        let mut keys = Vec::new();
+        let key = |i: u32| {
+            crate::SeriesKey::new(&format!("r{i}"), "m", &[])
+                .unwrap()
+                .to_bytes()
+        };
+        for i in 0..1000u32 {
+            let k = key(i);
+            // Every third key shares its hash with the one before: the probe
+            // must tell them apart by their bytes.
+            let hash = u64::from(i - i % 3 / 2);
+            assert_eq!(index.find(hash, &keys, &k), None);
+            index.insert(hash, i, keys.len() as u32);
+            keys.extend_from_slice(&k);
+        }
+        let mut at = 0;
+        for i in 0..1000u32 {
+            let k = key(i);
+            let hash = u64::from(i - i % 3 / 2);
+            assert_eq!(index.find(hash, &keys, &k), Some(i), "key {i}");
+            assert_eq!(index.find(hash ^ 1 << 40, &keys, &k), None);
+            at += k.len();
+        }
+        assert_eq!(at, keys.len());
+        assert!(index.slots.len() * 3 >= index.len * 4);
+    }
 }

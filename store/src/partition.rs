@@ -1,7 +1,8 @@
 //! A partition: its log, its series in memory, and its sealed chunk files; `&self` methods, internally synchronized.
 //!
-//! Lock order: `log` (a mutex) then `state` (a read-write lock). Writers
-//! hold both, so memory applies records in LSN order; readers only take
+//! Lock order: `seal` (a mutex serializing seals, truncation and installs),
+//! then `log` (a mutex), then `state` (a read-write lock). Writers hold `log`
+//! and `state`, so memory applies records in LSN order; readers only take
 //! `state` for reading.
 //!
 //! Files, under the partition's directory:
@@ -17,16 +18,24 @@
 //! its oldest unsealed sample is `SealPolicy::head_span_ms` (default 2 h)
 //! older than the newest. Sealing everything keeps one simple invariant:
 //! memory = chunk files (up to `covered_lsn`) + the log after it.
+//!
+//! A seal holds the write locks only to freeze and to swap: it moves every
+//! unsealed head chunk and overlay into a [`Sealing`] (readers still see it,
+//! between the chunk files and the new heads), writes the chunk file from
+//! it with no lock held while appends go on into fresh heads, then adds the
+//! file, drops the frozen data and trims the log.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use fsdb::codec::ChunkEncoder;
 use fsdb::{Backend, ChunkFile, ChunkFileWriter, LogConfig, Lsn, PartitionLog, Term};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::batch::{self, BatchBuilder};
 use crate::error::{Error, Result};
-use crate::head::{Runs, SealedRef};
+use crate::head::{parts_bytes, read_parts, Runs, SealedRef};
 use crate::memory::{Memory, WriteCounts};
 use crate::series::KeyRef;
 use crate::PartitionId;
@@ -78,8 +87,53 @@ pub struct PartitionStats {
     pub corrupt_reads: u64,
 }
 
+/// The unsealed data a seal in progress froze at `covered`: what its chunk
+/// file will hold. Immutable, shared by the state (for reads) and the seal.
+pub(crate) struct Sealing {
+    covered: Lsn,
+    /// The rejected counter at `covered`, persisted with the file.
+    rejected: u64,
+    /// (series id, head chunk, overlay), ascending ids.
+    #[allow(clippy::type_complexity)]
+    series: Vec<(u32, ChunkEncoder, Option<Box<BTreeMap<i64, f64>>>)>,
+    /// Canonical keys of `series`, back to back, in the same order.
+    keys: Vec<u8>,
+    key_ends: Vec<usize>,
+}
+
+impl Sealing {
+    fn key(&self, i: usize) -> &[u8] {
+        let from = if i == 0 { 0 } else { self.key_ends[i - 1] };
+        &self.keys[from..self.key_ends[i]]
+    }
+
+    fn read(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
+        if let Ok(i) = self.series.binary_search_by_key(&id, |s| s.0) {
+            let (_, head, overlay) = &self.series[i];
+            read_parts(head, overlay.as_deref(), start, end, runs);
+        }
+    }
+
+    fn samples(&self) -> usize {
+        self.series
+            .iter()
+            .map(|(_, h, o)| h.len() + o.as_ref().map_or(0, |o| o.len()))
+            .sum()
+    }
+
+    fn bytes(&self) -> usize {
+        self.series
+            .iter()
+            .map(|(_, h, o)| parts_bytes(h, o.as_deref()))
+            .sum::<usize>()
+            + self.keys.capacity()
+    }
+}
+
 pub(crate) struct State {
     pub mem: Memory,
+    /// The data of a seal in progress (read after the files, before the heads).
+    sealing: Option<Arc<Sealing>>,
     pub files: Vec<ChunkFile>,
     pub covered: Lsn,
     /// Rejections counted before `covered` (persisted in `stats`).
@@ -93,6 +147,8 @@ pub struct Partition {
     id: PartitionId,
     dir: PathBuf,
     config: PartitionConfig,
+    /// Serializes seals with each other and with what rebuilds the state.
+    seal: Mutex<()>,
     log: Mutex<PartitionLog>,
     pub(crate) state: RwLock<State>,
 }
@@ -108,6 +164,7 @@ impl Partition {
         let partition = Partition {
             id,
             dir: dir.to_path_buf(),
+            seal: Mutex::new(()),
             log: Mutex::new(log),
             state: RwLock::new(State::empty()),
             config,
@@ -263,6 +320,7 @@ impl Partition {
     /// from what remains. A suffix already sealed into a chunk file cannot be
     /// dropped: that is `NeedsFullCopy`.
     pub fn truncate_after(&self, lsn: Lsn) -> Result<()> {
+        let _seal = self.seal.lock().expect("seal lock");
         let mut log = self.log.lock().expect("log lock");
         if lsn >= log.last_lsn() {
             return Ok(());
@@ -305,41 +363,100 @@ impl Partition {
 
     /// Writes every unsealed sample into a new chunk file covering the last
     /// LSN, then trims the log before it. Returns the number of chunks written.
+    /// Appends and reads go on while the file is written (see the module doc).
     pub fn seal(&self) -> Result<usize> {
+        let _seal = self.seal.lock().expect("seal lock");
+        self.seal_locked()
+    }
+
+    fn seal_locked(&self) -> Result<usize> {
+        let Some(sealing) = self.freeze()? else {
+            return Ok(0);
+        };
+        let written = self.write_sealing(&sealing);
         let mut log = self.log.lock().expect("log lock");
         let mut state = self.state.write().expect("state lock");
+        let (file, chunks) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                // Memory is rebuilt from what is on disk (the log still holds
+                // every frozen record); if even that fails, the frozen data
+                // stays readable and the next seal retries the rebuild.
+                self.reload(&log, &mut state)?;
+                return Err(e);
+            }
+        };
+        state.add_file(file)?;
+        state.rejected_sealed = sealing.rejected;
+        state.sealing = None;
+        log.trim_before(Lsn(sealing.covered.0 + 1))?;
+        Ok(chunks)
+    }
+
+    /// Under the write locks: moves every unsealed head chunk and overlay
+    /// into a [`Sealing`] at the last LSN. `None` when there is nothing to seal.
+    fn freeze(&self) -> Result<Option<Arc<Sealing>>> {
+        let log = self.log.lock().expect("log lock");
+        let mut state = self.state.write().expect("state lock");
+        if state.sealing.is_some() {
+            // A seal failed half-way and could not rebuild memory then.
+            self.reload(&log, &mut state)?;
+        }
         let covered = log.last_lsn();
         if covered <= state.covered || !state.mem.series.iter().any(|s| s.has_unsealed()) {
-            return Ok(0);
+            return Ok(None);
         }
-        let mut writer = ChunkFileWriter::new(self.id.0, covered);
-        let mut runs = Runs::default();
-        for s in &state.mem.series {
-            if !s.has_unsealed() {
+        let mut sealing = Sealing {
+            covered,
+            rejected: state.mem.counts.rejected,
+            series: Vec::new(),
+            keys: Vec::new(),
+            key_ends: Vec::new(),
+        };
+        let State { mem, .. } = &mut *state;
+        for id in 0..mem.series.len() {
+            if !mem.series[id].has_unsealed() {
                 continue;
             }
+            sealing.keys.extend_from_slice(mem.key(&mem.series[id]));
+            sealing.key_ends.push(sealing.keys.len());
+            let s = &mut mem.series[id];
+            let head = std::mem::take(&mut s.head);
+            sealing.series.push((id as u32, head, s.overlay.take()));
+        }
+        let sealing = Arc::new(sealing);
+        state.sealing = Some(sealing.clone());
+        Ok(Some(sealing))
+    }
+
+    /// Without any lock: writes the frozen data as a chunk file (and the
+    /// rejected counter beside it) and opens the file.
+    fn write_sealing(&self, sealing: &Sealing) -> Result<(ChunkFile, usize)> {
+        let mut writer = ChunkFileWriter::new(self.id.0, sealing.covered);
+        let mut runs = Runs::default();
+        for (i, (_, head, overlay)) in sealing.series.iter().enumerate() {
             runs.clear();
-            s.read_unsealed(i64::MIN, i64::MAX, &mut runs);
+            read_parts(head, overlay.as_deref(), i64::MIN, i64::MAX, &mut runs);
             let samples = runs.finish();
             let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
                 continue;
             };
             let (min_ts, max_ts) = (first.0, last.0);
-            if s.overlay.is_none() {
+            if overlay.is_none() {
                 writer.add(
-                    state.mem.key(s),
+                    sealing.key(i),
                     min_ts,
                     max_ts,
-                    s.head.len() as u32,
-                    s.head.bytes(),
+                    head.len() as u32,
+                    head.bytes(),
                 )?;
             } else {
-                let mut enc = fsdb::codec::ChunkEncoder::new();
+                let mut enc = ChunkEncoder::new();
                 for &(t, v) in samples {
                     enc.push(t, v);
                 }
                 writer.add(
-                    state.mem.key(s),
+                    sealing.key(i),
                     min_ts,
                     max_ts,
                     samples.len() as u32,
@@ -350,24 +467,24 @@ impl Partition {
         let chunks = writer.len();
         let path = self.chunk_dir().join(format!(
             "{:020}{}",
-            covered.0,
+            sealing.covered.0,
             fsdb::chunkfile::CHUNK_FILE_SUFFIX
         ));
         writer.finish(&*self.config.backend, &path)?;
         let file = ChunkFile::open(&*self.config.backend, &path)?;
-        let mut stats = covered.0.to_le_bytes().to_vec();
-        stats.extend_from_slice(&state.mem.counts.rejected.to_le_bytes());
+        let mut stats = sealing.covered.0.to_le_bytes().to_vec();
+        stats.extend_from_slice(&sealing.rejected.to_le_bytes());
         self.config.backend.write_file(&self.stats_path(), &stats)?;
-        state.add_file(file)?;
-        state.rejected_sealed = state.mem.counts.rejected;
-        for s in &mut state.mem.series {
-            if s.has_unsealed() {
-                s.head = fsdb::codec::ChunkEncoder::new();
-                s.overlay = None;
-            }
-        }
-        log.trim_before(Lsn(covered.0 + 1))?;
-        Ok(chunks)
+        Ok((file, chunks))
+    }
+
+    /// Rebuilds memory from the chunk files and the log (the caller holds
+    /// the seal, log and state locks).
+    fn reload(&self, log: &PartitionLog, state: &mut State) -> Result<()> {
+        let mut fresh = self.load(log)?;
+        fresh.generation = state.generation + 1;
+        *state = fresh;
+        Ok(())
     }
 
     /// A full copy: the last LSN and term, and the logical data as batches.
@@ -377,8 +494,8 @@ impl Partition {
         let mut batches = Vec::new();
         let mut builder = BatchBuilder::new();
         let mut runs = Runs::default();
-        for s in &state.mem.series {
-            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+        for (id, s) in state.mem.series.iter().enumerate() {
+            state.read_series(id as u32, i64::MIN, i64::MAX, &mut runs);
             let key = KeyRef::parse(state.mem.key(s))?.to_owned_key();
             for &(t, v) in runs.finish() {
                 if builder.samples() >= SNAPSHOT_BATCH_SAMPLES {
@@ -405,6 +522,7 @@ impl Partition {
             .iter()
             .map(|b| batch::decode(b))
             .collect::<Result<Vec<_>>>()?;
+        let _seal = self.seal.lock().expect("seal lock");
         let mut log = self.log.lock().expect("log lock");
         log.reset(Lsn(lsn.0 + 1), term)?;
         {
@@ -415,7 +533,7 @@ impl Partition {
             state.mem.counts = WriteCounts::default();
         }
         drop(log);
-        self.seal()?;
+        self.seal_locked()?;
         Ok(())
     }
 
@@ -425,8 +543,8 @@ impl Partition {
         let state = self.state.read().expect("state lock");
         let mut runs = Runs::default();
         let mut acc = 0u64;
-        for s in &state.mem.series {
-            state.read_series(s, i64::MIN, i64::MAX, &mut runs);
+        for (id, s) in state.mem.series.iter().enumerate() {
+            state.read_series(id as u32, i64::MIN, i64::MAX, &mut runs);
             let seed = xxh3_64(state.mem.key(s));
             for &(t, v) in runs.finish() {
                 let mut b = [0u8; 16];
@@ -445,8 +563,11 @@ impl Partition {
             series: state.mem.series.len() as u64,
             accepted: state.mem.counts.accepted,
             rejected: state.mem.counts.rejected,
-            head_samples: state.mem.head_samples() as u64,
-            head_bytes: state.mem.sample_bytes() as u64,
+            head_samples: (state.mem.head_samples()
+                + state.sealing.as_ref().map_or(0, |s| s.samples()))
+                as u64,
+            head_bytes: (state.mem.sample_bytes() + state.sealing.as_ref().map_or(0, |s| s.bytes()))
+                as u64,
             index_bytes: state.mem.index_bytes() as u64,
             chunk_files: state.files.len() as u64,
             log_disk_bytes: log.disk_bytes(),
@@ -463,6 +584,7 @@ impl State {
     fn empty() -> State {
         State {
             mem: Memory::default(),
+            sealing: None,
             files: Vec::new(),
             covered: Lsn(0),
             rejected_sealed: 0,
@@ -481,15 +603,16 @@ impl State {
                 offset: meta.offset,
                 reason: "bad series key".into(),
             })?;
-            let id = self.mem.intern(meta.series_key, || key);
-            let series = &mut self.mem.series[id as usize];
+            let id = self.mem.intern(meta.series_key, || key) as usize;
+            let series = &mut self.mem.series[id];
             series.newest = series.newest.max(meta.max_ts);
-            match series.sealed.last_mut() {
+            let sealed = &mut self.mem.sealed[id];
+            match sealed.last_mut() {
                 Some(r) if r.file == idx => {
                     r.min_ts = r.min_ts.min(meta.min_ts);
                     r.max_ts = r.max_ts.max(meta.max_ts);
                 }
-                _ => series.sealed.push(SealedRef {
+                _ => sealed.push(SealedRef {
                     file: idx,
                     min_ts: meta.min_ts,
                     max_ts: meta.max_ts,
@@ -504,9 +627,10 @@ impl State {
     /// Reads one series' samples in `start..=end` into `runs` (call
     /// `runs.finish()` for the merged result). Sealed chunks that fail their
     /// checksum are skipped and counted, never served.
-    pub fn read_series(&self, s: &crate::head::Series, start: i64, end: i64, runs: &mut Runs) {
+    pub fn read_series(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
         runs.clear();
-        for r in &s.sealed {
+        let s = &self.mem.series[id as usize];
+        for r in &self.mem.sealed[id as usize] {
             if r.max_ts < start || r.min_ts > end {
                 continue;
             }
@@ -524,6 +648,9 @@ impl State {
                 }
                 runs.end_filtered(start, end);
             }
+        }
+        if let Some(sealing) = &self.sealing {
+            sealing.read(id, start, end, runs);
         }
         s.read_unsealed(start, end, runs);
     }

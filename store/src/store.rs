@@ -321,7 +321,7 @@ fn read_ids(
 ) {
     for &id in ids {
         let s = &state.mem.series[id as usize];
-        state.read_series(s, start_ms, end_ms, runs);
+        state.read_series(id, start_ms, end_ms, runs);
         let samples = runs.finish();
         if samples.is_empty() {
             continue;

@@ -552,3 +552,193 @@ fn large_selects_read_every_series_across_lock_slices() {
     let m = Matcher::new("resource", MatchOp::Regex, "r6.*").unwrap();
     assert_eq!(p.select(&[m], 0, 1000).len(), 100);
 }
+
+/// A backend whose chunk-file writes wait at a gate: the test holds a seal
+/// in the middle of writing its file and acts meanwhile.
+struct GatedBackend {
+    inner: MemBackend,
+    armed: std::sync::atomic::AtomicBool,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl fsdb::Backend for GatedBackend {
+    fn create_dir_all(&self, dir: &std::path::Path) -> fsdb::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+    fn list_dir(&self, dir: &std::path::Path) -> fsdb::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+    fn create_mapped(
+        &self,
+        path: &std::path::Path,
+        len: u64,
+    ) -> fsdb::Result<Box<dyn fsdb::backend::MapMut>> {
+        self.inner.create_mapped(path, len)
+    }
+    fn open_mapped(&self, path: &std::path::Path) -> fsdb::Result<Box<dyn fsdb::backend::MapMut>> {
+        self.inner.open_mapped(path)
+    }
+    fn open_read(&self, path: &std::path::Path) -> fsdb::Result<Box<dyn fsdb::backend::Map>> {
+        self.inner.open_read(path)
+    }
+    fn write_file(&self, path: &std::path::Path, data: &[u8]) -> fsdb::Result<()> {
+        let chunk_file = path.to_string_lossy().ends_with(".chunk.tmp");
+        if chunk_file && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.lock().unwrap().send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+        }
+        self.inner.write_file(path, data)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> fsdb::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove_file(&self, path: &std::path::Path) -> fsdb::Result<()> {
+        self.inner.remove_file(path)
+    }
+    fn list_subdirs(&self, dir: &std::path::Path) -> fsdb::Result<Vec<String>> {
+        self.inner.list_subdirs(dir)
+    }
+    fn remove_dir_all(&self, dir: &std::path::Path) -> fsdb::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+}
+
+/// Runs `f` on another thread and waits for it: a partition lock held by
+/// the seal would block it for good, which fails here instead of hanging.
+fn unblocked<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(f()).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} waited for the seal"))
+}
+
+#[test]
+fn appends_and_reads_go_on_while_a_seal_writes_its_file() {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let backend = Arc::new(GatedBackend {
+        inner: MemBackend::new(),
+        armed: false.into(),
+        entered: entered_tx.into(),
+        release: release_rx.into(),
+    });
+    let mut cfg = config(Arc::new(MemBackend::new()));
+    cfg.backend = backend.clone();
+    let (store, _) = Store::open(cfg.clone()).unwrap();
+    let p = store.create_partition(P).unwrap();
+    let mut model = Model::default();
+    let before: Write = vec![(0, 100, 1.0), (1, 100, 2.0), (0, 110, 3.0), (0, 105, 4.0)];
+    p.append(Term(1), &encode(&before)).unwrap();
+    model.apply(&before);
+
+    backend
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let sealer = {
+        let p = p.clone();
+        std::thread::spawn(move || p.seal())
+    };
+    entered.recv().unwrap();
+    // The seal is writing its file: writes and reads of every kind go on,
+    // over the frozen data and the new heads alike.
+    let during: Write = vec![(0, 120, 5.0), (0, 110, 6.0), (2, 100, 7.0), (1, 50, 8.0)];
+    let lsn = {
+        let (p, batch) = (p.clone(), encode(&during));
+        unblocked("an append", move || p.append(Term(1), &batch).unwrap())
+    };
+    model.apply(&during);
+    assert_eq!(lsn, Lsn(2));
+    let all = |p: &Arc<store::Partition>| normalize(p.select(&[], i64::MIN, i64::MAX));
+    let want = model.select(&[], i64::MIN, i64::MAX);
+    let p2 = p.clone();
+    assert_eq!(unblocked("a select", move || all(&p2)), want);
+    let digest = {
+        let p = p.clone();
+        unblocked("a digest", move || p.digest())
+    };
+    assert_eq!(
+        p.stats().head_samples,
+        7,
+        "frozen and new heads are both counted"
+    );
+
+    release.send(()).unwrap();
+    assert_eq!(sealer.join().unwrap().unwrap(), 2);
+    let s = p.stats();
+    assert_eq!(
+        (s.chunk_files, s.covered_lsn, s.head_samples),
+        (1, Lsn(1), 3)
+    );
+    assert_eq!(all(&p), want);
+    assert_eq!(p.digest(), digest);
+    assert_eq!(s.rejected, model.rejected);
+
+    // What is on disk is the same: the chunk file up to LSN 1 and the log after it.
+    drop((store, p));
+    let (store, report) = Store::open(cfg).unwrap();
+    assert!(report.corrupted.is_empty());
+    let p = store.partition(P).unwrap();
+    assert_eq!(all(&p), want);
+    assert_eq!(p.digest(), digest);
+    assert_eq!(p.stats().rejected, model.rejected);
+}
+
+#[test]
+fn concurrent_appends_and_seals_lose_nothing() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    let batches: Vec<Write> = (0..200)
+        .map(|i| {
+            (0..4)
+                // Out of order now and then, sometimes beyond the window.
+                .map(|k| {
+                    (
+                        k,
+                        i * 3 - (i * 7 % 13) * 2 + (k as i64 % 2) * 5,
+                        (i * 4 + k as i64) as f64,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    // Halfway, the writer waits for one seal that wrote something, so at
+    // least one seal lands between appends however fast the writer is; the
+    // other seals race it freely.
+    let (sealed_tx, sealed_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let (p, batches) = (p.clone(), batches.clone());
+        std::thread::spawn(move || {
+            for (i, b) in batches.iter().enumerate() {
+                if i == batches.len() / 2 {
+                    sealed_rx.recv().unwrap();
+                }
+                p.append(Term(1), &encode(b)).unwrap();
+            }
+        })
+    };
+    let mut seals = 0;
+    while !writer.is_finished() {
+        let wrote = p.seal().unwrap().min(1);
+        if wrote == 1 && seals == 0 {
+            sealed_tx.send(()).unwrap();
+        }
+        seals += wrote;
+    }
+    writer.join().unwrap();
+    p.seal().unwrap();
+    let mut model = Model::default();
+    for b in &batches {
+        model.apply(b);
+    }
+    let want = model.select(&[], i64::MIN, i64::MAX);
+    assert_eq!(normalize(p.select(&[], i64::MIN, i64::MAX)), want);
+    assert_eq!(p.stats().rejected, model.rejected);
+    assert!(seals >= 1);
+    drop((store, p));
+    let store = open(&backend);
+    let p = store.partition(P).unwrap();
+    assert_eq!(normalize(p.select(&[], i64::MIN, i64::MAX)), want);
+    assert_eq!(p.stats().rejected, model.rejected);
+}

@@ -12,7 +12,7 @@
 //!
 //! Load: `COMPARE_RESOURCES` (10 000) x `COMPARE_METRICS` (20) series,
 //! `COMPARE_SAMPLES` (100) samples each at 10 s, over `COMPARE_CONNECTIONS`
-//! (4) connections.
+//! (4) connections. `COMPARE_SERVERS` (`vm,t1,t3`) picks the servers.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -536,14 +536,27 @@ fn main() {
         load.connections
     );
     let lines: Vec<Vec<u8>> = (0..load.connections).map(|c| load.lines(c)).collect();
+    // `COMPARE_SERVERS=vm,t1,t3` (the default) picks which to measure, e.g.
+    // `t1` alone while profiling it.
+    let servers = std::env::var("COMPARE_SERVERS").unwrap_or_else(|_| "vm,t1,t3".into());
+    let wanted = |name: &str| servers.split(',').any(|s| s.trim() == name);
     let mut results = Vec::new();
-    let mut vm = start_victoria_metrics(root.path());
-    results.push((vm.name.clone(), 1, measure(&mut vm, &load, &lines)));
-    for (nodes, r) in [(1, 1), (3, 2)] {
+    if wanted("vm") {
+        let mut vm = start_victoria_metrics(root.path());
+        results.push((vm.name.clone(), 1, measure(&mut vm, &load, &lines)));
+    }
+    for (key, nodes, r) in [("t1", 1, 1), ("t3", 3, 2)] {
+        if !wanted(key) {
+            continue;
+        }
         let mut t = start_tandem(root.path(), nodes, r);
         let name = t.name.clone();
         let replicas = t.replicas;
         results.push((name, replicas, measure(&mut t, &load, &lines)));
+    }
+    if results.is_empty() {
+        eprintln!("COMPARE_SERVERS={servers}: no server to measure; name some of vm, t1, t3");
+        std::process::exit(2);
     }
     print_table(&load, &results);
 }
@@ -592,8 +605,10 @@ fn print_table(load: &Load, results: &[(String, usize, Figures)]) {
     for (name, _, _) in results {
         print!(" {name} |");
     }
+    // Ratios are against the first server measured (VictoriaMetrics unless
+    // COMPARE_SERVERS leaves it out).
     for (name, _, _) in &results[1..] {
-        print!(" {name} / VM |");
+        print!(" {name} / {} |", results[0].0);
     }
     println!();
     println!("|{}", " --- |".repeat(1 + 2 * results.len() - 1));

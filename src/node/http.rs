@@ -1,6 +1,6 @@
 //! The HTTP API: Prometheus-compatible queries (so Grafana's Prometheus data source works unchanged), `/metrics`, health.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value as Json};
 use store::query::{format_value, QueryError, QueryOptions, Value, VecSource};
-use store::{Labels, Matcher, SeriesData};
+use store::{Labels, Matcher};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
@@ -202,22 +202,14 @@ async fn fetch(
     opts: &QueryOptions,
 ) -> Result<(VecSource, Vec<String>), ApiError> {
     let selections = store::query::selectors(expr, start_ms, end_ms, opts)?;
-    let mut merged: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+    let mut series = Vec::new();
     let mut warnings = BTreeSet::new();
     for sel in selections {
         let gathered = node.gather(&sel.matchers, sel.start_ms, sel.end_ms).await;
         warnings.extend(gathered.warnings());
-        for s in gathered.series {
-            merged.entry(s.labels).or_default().extend(s.samples);
-        }
+        series.extend(gathered.series);
     }
-    let series = merged
-        .into_iter()
-        .map(|(labels, samples)| SeriesData {
-            labels,
-            samples: samples.into_iter().collect(),
-        })
-        .collect();
+    // Series that several selectors fetched are merged here.
     Ok((VecSource::new(series), warnings.into_iter().collect()))
 }
 

@@ -41,7 +41,10 @@ impl Default for QueryOptions {
     fn default() -> Self {
         QueryOptions {
             lookback_ms: 5 * 60 * 1000,
-            max_series: 100_000,
+            // A dashboard may sum over every series of a large node (the
+            // reference load is 200 k series); memory is bounded by
+            // `max_samples` either way.
+            max_series: 1_000_000,
             max_samples: 50_000_000,
             max_points_per_series: MAX_POINTS_PER_SERIES,
         }

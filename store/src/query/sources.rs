@@ -14,34 +14,29 @@ impl VecSource {
     /// Builds a source from series in any order; samples of series with
     /// equal labels are merged, and for one timestamp the later sample wins
     /// (as a retried write overwrites).
-    pub fn new(series: Vec<SeriesData>) -> VecSource {
-        let mut source = VecSource::default();
+    ///
+    /// One sort by labels and one bulk build: per series, not per sample,
+    /// since a query over a whole node gathers hundreds of thousands.
+    pub fn new(mut series: Vec<SeriesData>) -> VecSource {
+        // Stable: series with equal labels stay in input order.
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let mut merged: Vec<(Labels, Vec<(i64, f64)>)> = Vec::with_capacity(series.len());
         for s in series {
-            let sorted = s.samples.windows(2).all(|w| w[0].0 < w[1].0);
-            if sorted && !source.series.contains_key(&s.labels) {
-                source.series.insert(s.labels, s.samples);
-                continue;
-            }
-            for (t, v) in s.samples {
-                source.push(&s.labels, t, v);
+            match merged.last_mut() {
+                Some((labels, samples)) if *labels == s.labels => {
+                    samples.extend(s.samples);
+                    last_wins(samples);
+                }
+                _ => {
+                    let mut samples = s.samples;
+                    last_wins(&mut samples);
+                    merged.push((s.labels, samples));
+                }
             }
         }
-        source
-    }
-
-    /// Adds one sample, overwriting a sample of the same series and timestamp.
-    pub fn push(&mut self, labels: &Labels, timestamp_ms: i64, value: f64) {
-        let samples = match self.series.get_mut(labels) {
-            Some(s) => s,
-            None => self.series.entry(labels.clone()).or_default(),
-        };
-        match samples.last() {
-            Some(&(last, _)) if last < timestamp_ms => samples.push((timestamp_ms, value)),
-            None => samples.push((timestamp_ms, value)),
-            Some(_) => match samples.binary_search_by_key(&timestamp_ms, |s| s.0) {
-                Ok(i) => samples[i].1 = value,
-                Err(i) => samples.insert(i, (timestamp_ms, value)),
-            },
+        VecSource {
+            // From sorted, distinct keys: built in one pass.
+            series: merged.into_iter().collect(),
         }
     }
 
@@ -98,6 +93,23 @@ impl Source for UnionSource<'_> {
             .map(|(labels, samples)| SeriesData { labels, samples })
             .collect()
     }
+}
+
+/// Sorts samples by timestamp, keeping the last of equal timestamps (the
+/// sort is stable); a no-op on strictly increasing samples.
+fn last_wins(samples: &mut Vec<(i64, f64)>) {
+    if samples.windows(2).all(|w| w[0].0 < w[1].0) {
+        return;
+    }
+    samples.sort_by_key(|s| s.0);
+    let mut out: Vec<(i64, f64)> = Vec::with_capacity(samples.len());
+    for &(t, v) in samples.iter() {
+        match out.last_mut() {
+            Some(last) if last.0 == t => last.1 = v,
+            _ => out.push((t, v)),
+        }
+    }
+    *samples = out;
 }
 
 /// Merges two sorted sample lists; on equal timestamps `first` wins.

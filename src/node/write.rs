@@ -9,7 +9,7 @@ use store::{Lsn, Term};
 
 use super::catchup::{divergence_point, term_at};
 use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
-use super::{Lane, Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
+use super::{Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
 use crate::proto::{ErrorCode, Kind};
 
@@ -118,10 +118,7 @@ impl Node {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
                     }
                 }
-                Err((code, message)) => {
-                    tracing::warn!(partition = p, "write failed ({code:?}): {message}");
-                    return Err((code, message));
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -155,7 +152,7 @@ impl Node {
     }
 
     async fn forward(&self, primary: NodeId, p: u32, epoch: u64, batch: &[u8]) -> WriteResult {
-        let client = self.peer(primary, Lane::Requests).ok_or((
+        let client = self.peer(primary).ok_or((
             ErrorCode::StaleMap,
             format!("node {primary} is not in the map"),
         ))?;
@@ -248,7 +245,6 @@ impl Node {
                 let record = Replicate {
                     partition: p,
                     epoch: map.epoch.0,
-                    primary_term: term,
                     term,
                     lsn: lsn.0,
                     prev_term,
@@ -288,7 +284,7 @@ impl Node {
                     break;
                 }
                 let client = self
-                    .peer(r, Lane::Replication)
+                    .peer(r)
                     .ok_or((ErrorCode::StaleMap, format!("node {r} is not in the map")))?;
                 let request = CatchUpRequest {
                     partition: p,
@@ -412,14 +408,13 @@ impl Node {
                 );
                 return Ok(());
             }
-            let client = self.peer(replica, Lane::Replication).ok_or((
+            let client = self.peer(replica).ok_or((
                 ErrorCode::StaleMap,
                 format!("node {replica} is not in the map"),
             ))?;
             let payload = Replicate {
                 partition: p,
                 epoch: map.epoch.0,
-                primary_term: term,
                 term,
                 lsn,
                 prev_term,
@@ -447,20 +442,7 @@ impl Node {
                         divergence_point(ack.last_term, ack.last_lsn, &history, part.last_lsn().0)
                             .unwrap_or(ack.last_lsn)
                             + 1;
-                    let reached = self
-                        .resend(&client, p, map.epoch.0, term, from, lsn)
-                        .await?;
-                    tracing::debug!(
-                        partition = p,
-                        replica = replica.0,
-                        from,
-                        reached,
-                        "resent records the replica missed"
-                    );
-                    if reached == from {
-                        // Not one record taken: do not spin on the replica.
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    }
+                    self.resend(&client, p, map.epoch.0, from, lsn).await?;
                     if Instant::now() > deadline {
                         return Err((
                             ErrorCode::Unavailable,
@@ -495,18 +477,14 @@ impl Node {
     /// Sends log records `[from, until)` in order, so that a replica that
     /// missed some (a dropped connection) has no gap before `until`. Stops
     /// early when the replica still cannot append one (the caller asks again).
-    /// The records keep their own terms; the replica fences on
-    /// `primary_term`, the term this primary writes in. Returns the first
-    /// LSN the replica did not take.
     async fn resend(
         &self,
         client: &crate::net::Client,
         p: u32,
         epoch: u64,
-        primary_term: u64,
         mut from: u64,
         until: u64,
-    ) -> WriteResult<u64> {
+    ) -> WriteResult {
         let part = self.partition(p)?;
         let mut prev_term = term_at(&part.term_history(), from.saturating_sub(1));
         while from < until {
@@ -518,12 +496,11 @@ impl Node {
             }
             for (lsn, term, batch) in records {
                 if lsn.0 >= until {
-                    return Ok(from);
+                    return Ok(());
                 }
                 let payload = Replicate {
                     partition: p,
                     epoch,
-                    primary_term,
                     term: term.0,
                     lsn: lsn.0,
                     prev_term,
@@ -533,24 +510,20 @@ impl Node {
                 let answer = client
                     .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
                     .await
-                    .map_err(|e| match e {
-                        // A fenced primary must learn it is fenced.
-                        ClientError::Remote { code, message, .. } => (code, message),
-                        e => (ErrorCode::Unavailable, e.to_string()),
-                    })?;
+                    .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
                 if ReplicateAck::decode(&answer)?.gap {
-                    return Ok(from);
+                    return Ok(());
                 }
                 from = lsn.0 + 1;
                 prev_term = term.0;
             }
         }
-        Ok(from)
+        Ok(())
     }
 
     /// Sends an encoded `Replicate` without waiting for it.
     fn replicate_best_effort(&self, replica: NodeId, payload: Vec<u8>) {
-        let Some(client) = self.peer(replica, Lane::Replication) else {
+        let Some(client) = self.peer(replica) else {
             return;
         };
         tokio::spawn(async move {
@@ -565,12 +538,41 @@ impl Node {
 /// partition are applied in the order the primary sent them.
 pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     let m = Replicate::decode(payload)?;
+    let fence = node.fence_of(m.partition);
+    if m.term < fence {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is fenced by term {fence}",
+                m.partition, m.term
+            ),
+        ));
+    }
+    let pid = PartitionId(m.partition);
+    let map = node.map();
+    if let Some(info) = map.partition(pid) {
+        if m.term < info.term.0 {
+            return Err((
+                ErrorCode::Fenced,
+                format!(
+                    "partition {}: term {} is older than {}",
+                    m.partition, m.term, info.term.0
+                ),
+            ));
+        }
+    }
     let part = node.partition(m.partition)?;
-    let map_term = node
-        .map()
-        .partition(PartitionId(m.partition))
-        .map_or(0, |info| info.term.0);
-    check_fence(&m, node.fence_of(m.partition), map_term, part.last_term().0)?;
+    if m.term < part.last_term().0 {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is older than the log's {}",
+                m.partition,
+                m.term,
+                part.last_term().0
+            ),
+        ));
+    }
     // Log matching, as in Raft: one primary per term writes each LSN once,
     // so the same (LSN, term) is the same record. A record of ours at that
     // LSN from another term was never acknowledged: it and what follows go.
@@ -627,31 +629,6 @@ pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     Ok(ack(&part, false))
 }
 
-/// Refuses a record from a primary whose term is over: older than the
-/// fence a newer primary set here, the map's term, or the newest term in
-/// this copy's log. Only the sender's term counts, never the record's: the
-/// current primary resends older records with their own older terms.
-fn check_fence(m: &Replicate, fence: u64, map_term: u64, log_term: u64) -> WriteResult {
-    let (newer, what) = [
-        (fence, "fenced by"),
-        (map_term, "older than the map's"),
-        (log_term, "older than the log's"),
-    ]
-    .into_iter()
-    .max_by_key(|(t, _)| *t)
-    .expect("three candidates");
-    if m.primary_term < newer {
-        return Err((
-            ErrorCode::Fenced,
-            format!(
-                "partition {}: term {} is {what} term {newer}",
-                m.partition, m.primary_term
-            ),
-        ));
-    }
-    Ok(())
-}
-
 fn ack(part: &store::Partition, gap: bool) -> Vec<u8> {
     ReplicateAck {
         last_lsn: part.last_lsn().0,
@@ -669,39 +646,4 @@ fn store_error(p: u32, e: store::Error) -> (ErrorCode, String) {
         _ => ErrorCode::Internal,
     };
     (code, format!("partition {p}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{check_fence, Replicate};
-    use crate::proto::ErrorCode;
-
-    fn record(primary_term: u64, term: u64) -> Replicate<'static> {
-        Replicate {
-            partition: 9,
-            epoch: 10,
-            primary_term,
-            term,
-            lsn: 100,
-            prev_term: term,
-            batch: b"",
-        }
-    }
-
-    #[test]
-    fn a_resend_of_older_records_by_the_current_primary_is_not_fenced() {
-        // The primary of term 4 resends a record of term 2 to a replica it
-        // fenced at 4 while it took over: the replica must take it.
-        assert!(check_fence(&record(4, 2), 4, 4, 3).is_ok());
-        assert!(check_fence(&record(4, 4), 4, 4, 4).is_ok());
-    }
-
-    #[test]
-    fn a_deposed_primary_is_fenced_by_the_fence_the_map_or_the_log() {
-        for (fence, map, log) in [(4, 0, 0), (0, 4, 0), (0, 0, 4), (4, 3, 2)] {
-            let e = check_fence(&record(3, 3), fence, map, log).unwrap_err();
-            assert_eq!(e.0, ErrorCode::Fenced, "{fence} {map} {log}: {}", e.1);
-            assert!(e.1.contains("term 3") && e.1.contains("term 4"), "{}", e.1);
-        }
-    }
 }

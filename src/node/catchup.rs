@@ -18,7 +18,7 @@ use store::{Lsn, Term};
 use tokio::sync::broadcast;
 
 use super::msg::{CatchUpReply, CatchUpRequest, SnapshotReply, WireRecord};
-use super::Node;
+use super::{Lane, Node};
 use crate::net::ClientError;
 use crate::proto::{ErrorCode, Kind};
 
@@ -153,7 +153,7 @@ async fn catch_up(
     full_copy: bool,
 ) -> Result<u64, String> {
     let client = node
-        .peer(source)
+        .peer(source, Lane::Replication)
         .ok_or_else(|| format!("node {source} is not in the map"))?;
     if full_copy {
         return install_snapshot(node, &client, p).await.map(|_| 0);

@@ -60,6 +60,21 @@ pub struct NodeArgs {
     pub sync_interval: Duration,
 }
 
+/// Which connection to a peer a request takes. A connection reads its next
+/// request only while fewer than `net::IN_FLIGHT_MAX` are in flight, so
+/// requests that wait on other nodes (forwarded writes, which wait for
+/// replication; queries) must never share one with the requests they wait
+/// for (replication and catch-up, answered at once): under load the
+/// forwards filled every slot and the replication behind them was never
+/// read, a deadlock between two nodes broken only by timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Forwarded writes and query fan-out.
+    Requests,
+    /// Replicate, catch-up and snapshot requests.
+    Replication,
+}
+
 /// How long a write waits for a replica before it looks at the map again.
 const REPLICA_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a gateway keeps retrying a write before it gives up.
@@ -69,7 +84,8 @@ pub struct Node {
     pub id: NodeId,
     store: store::Store,
     map: RwLock<Arc<ClusterMap>>,
-    peers: Mutex<HashMap<NodeId, Arc<Client>>>,
+    /// One connection per peer and [`Lane`].
+    peers: Mutex<HashMap<(NodeId, Lane), Arc<Client>>>,
     controllers: Vec<String>,
     /// One lock per partition: a primary appends, replicates and waits for
     /// its replica in LSN order under it.
@@ -319,12 +335,12 @@ impl Node {
             .unwrap_or(0)
     }
 
-    fn peer(&self, node: NodeId) -> Option<Arc<Client>> {
+    fn peer(&self, node: NodeId, lane: Lane) -> Option<Arc<Client>> {
         let map = self.map();
         let addr = map.node(node)?.addr.clone();
         let mut peers = self.peers.lock().expect("poisoned");
         let client = peers
-            .entry(node)
+            .entry((node, lane))
             .or_insert_with(|| Arc::new(Client::new(addr.clone())));
         if client.addr() != addr {
             *client = Arc::new(Client::new(addr));

@@ -9,7 +9,7 @@ use controller::{partition_of, NodeId, PartitionId};
 use store::{MatchOp, Matcher, SeriesData, SeriesKey};
 
 use super::msg::{SelectReply, SelectRequest};
-use super::Node;
+use super::{Lane, Node};
 use crate::net::ReplyFuture;
 use crate::proto::{ErrorCode, Kind};
 
@@ -281,7 +281,7 @@ impl Node {
             .map_err(|e| e.to_string());
         }
         let client = self
-            .peer(n)
+            .peer(n, Lane::Requests)
             .ok_or_else(|| format!("node {n} is not in the map"))?;
         let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
         let bytes = client

@@ -9,7 +9,7 @@ use store::{Lsn, Term};
 
 use super::catchup::{divergence_point, term_at};
 use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
-use super::{Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
+use super::{Lane, Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
 use crate::proto::{ErrorCode, Kind};
 
@@ -152,7 +152,7 @@ impl Node {
     }
 
     async fn forward(&self, primary: NodeId, p: u32, epoch: u64, batch: &[u8]) -> WriteResult {
-        let client = self.peer(primary).ok_or((
+        let client = self.peer(primary, Lane::Requests).ok_or((
             ErrorCode::StaleMap,
             format!("node {primary} is not in the map"),
         ))?;
@@ -284,7 +284,7 @@ impl Node {
                     break;
                 }
                 let client = self
-                    .peer(r)
+                    .peer(r, Lane::Replication)
                     .ok_or((ErrorCode::StaleMap, format!("node {r} is not in the map")))?;
                 let request = CatchUpRequest {
                     partition: p,
@@ -408,7 +408,7 @@ impl Node {
                 );
                 return Ok(());
             }
-            let client = self.peer(replica).ok_or((
+            let client = self.peer(replica, Lane::Replication).ok_or((
                 ErrorCode::StaleMap,
                 format!("node {replica} is not in the map"),
             ))?;
@@ -523,7 +523,7 @@ impl Node {
 
     /// Sends an encoded `Replicate` without waiting for it.
     fn replicate_best_effort(&self, replica: NodeId, payload: Vec<u8>) {
-        let Some(client) = self.peer(replica) else {
+        let Some(client) = self.peer(replica, Lane::Replication) else {
             return;
         };
         tokio::spawn(async move {

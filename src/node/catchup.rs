@@ -186,14 +186,26 @@ async fn catch_up(
         if let Some(keep) =
             divergence_point(local_term, local_last, &reply.term_history, reply.last_lsn)
         {
+            // Cut only against the source the current map names, and only
+            // the log the answer was compared with.
+            if node.map().catch_up_source(PartitionId(p), node.id) != Some(source) {
+                return Err(format!("partition {p}: node {source} is no longer the source"));
+            }
             let part = node.partition(p).map_err(|e| e.1)?;
-            tracing::warn!(
-                partition = p,
-                from = keep + 1,
-                to = local_last,
-                "truncating a log suffix the current term never acknowledged"
-            );
-            if part.truncate_after(Lsn(keep)).is_err() {
+            let cut = {
+                let _apply = node.apply_lock(p);
+                if (part.last_term().0, part.last_lsn().0) != (local_term, local_last) {
+                    continue;
+                }
+                tracing::warn!(
+                    partition = p,
+                    from = keep + 1,
+                    to = local_last,
+                    "truncating a log suffix the current term never acknowledged"
+                );
+                part.truncate_after(Lsn(keep))
+            };
+            if cut.is_err() {
                 // The suffix is already sealed into a chunk file: take a full copy.
                 return install_snapshot(node, &client, p).await.map(|_| 0);
             }
@@ -249,6 +261,20 @@ pub fn divergence_point(
     (local_last > end).then_some(end)
 }
 
+/// The term of the last record (at `last`) of a log with this history, as
+/// the wire carries it (first LSN of each term); 0 for an empty log.
+pub fn last_term(history: &[(u64, u64)], last: u64) -> u64 {
+    if last == 0 {
+        return 0;
+    }
+    history
+        .iter()
+        .rev()
+        .find(|&&(_, first)| first <= last)
+        .or(history.first())
+        .map_or(0, |&(t, _)| t)
+}
+
 /// The term of the record at `lsn` in a log with this history (first LSN of
 /// each term, oldest first); 0 at LSN 0. Before the first entry (a log that
 /// restarted after a full copy: its history begins after the copy), the
@@ -263,8 +289,8 @@ pub fn term_at(history: &[(Term, Lsn)], lsn: u64) -> u64 {
     }
 }
 
-async fn install_snapshot(
-    node: &Arc<Node>,
+pub(super) async fn install_snapshot(
+    node: &Node,
     client: &crate::net::Client,
     p: u32,
 ) -> Result<(), String> {
@@ -286,26 +312,37 @@ async fn install_snapshot(
         .map_err(|e| format!("partition {p}: {e}"))
 }
 
-/// Source side: records from an LSN, with the term history. A partition
-/// this node has no files for was never written to: it is empty, not missing.
-pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
-    let req = CatchUpRequest::decode(payload)?;
-    if req.fence_term > 0 {
-        node.fence(req.partition, req.fence_term);
+/// Refuses to serve `p` from a copy that may miss acknowledged records:
+/// one being refetched, or one this node's map does not count as an
+/// up-to-date replica (stale, a learner, or dropped: a dropped copy would
+/// answer "empty" and the reader would cut its whole log to match).
+fn check_source(node: &Node, p: u32) -> Result<(), (ErrorCode, String)> {
+    if node.catchup.lock().expect("poisoned").is_corrupted(p) {
+        return Err((
+            ErrorCode::NotOwner,
+            format!("node {}'s copy of partition {p} is being refetched", node.id),
+        ));
     }
-    if node
-        .catchup
-        .lock()
-        .expect("poisoned")
-        .is_corrupted(req.partition)
-    {
+    if !node.is_up_to_date_copy(p) {
         return Err((
             ErrorCode::NotOwner,
             format!(
-                "node {}'s copy of partition {} is being refetched",
-                node.id, req.partition
+                "node {} has no up-to-date copy of partition {p} in its map",
+                node.id
             ),
         ));
+    }
+    Ok(())
+}
+
+/// Source side: records from an LSN, with the term history. An up-to-date
+/// copy with no files was never written to: it is empty, not missing.
+pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
+    let req = CatchUpRequest::decode(payload)?;
+    check_source(node, req.partition)?;
+    let _apply = node.apply_lock(req.partition);
+    if req.fence_term > 0 {
+        node.fence(req.partition, req.fence_term);
     }
     let Some(part) = node.store.partition(store::PartitionId(req.partition)) else {
         return Ok(CatchUpReply {
@@ -357,6 +394,7 @@ pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
             "snapshot request is a u32 partition".to_string(),
         )
     })?);
+    check_source(node, p)?;
     let part = node.store.partition(store::PartitionId(p)).ok_or((
         ErrorCode::NotOwner,
         format!("node {} has no copy of partition {p}", node.id),
@@ -374,7 +412,7 @@ pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
 
 #[cfg(test)]
 mod tests {
-    use super::{divergence_point, term_at};
+    use super::{divergence_point, last_term, term_at};
     use store::{Lsn, Term};
 
     #[test]
@@ -399,6 +437,18 @@ mod tests {
         check(3, 20, &[(1, 1), (2, 6), (4, 15)], 30, Some(14));
         // Empty local log: nothing to cut.
         check(0, 0, &[(1, 1)], 3, None);
+    }
+
+    #[test]
+    fn finds_the_term_of_the_last_record() {
+        let history = [(1, 1), (3, 6), (4, 9)];
+        assert_eq!(last_term(&history, 0), 0);
+        assert_eq!(last_term(&history, 5), 1);
+        assert_eq!(last_term(&history, 8), 3);
+        assert_eq!(last_term(&history, 12), 4);
+        // A log that restarted from a full copy up to LSN 10 in term 5.
+        assert_eq!(last_term(&[(5, 11)], 10), 5);
+        assert_eq!(last_term(&[], 7), 0);
     }
 
     #[test]

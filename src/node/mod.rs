@@ -90,6 +90,11 @@ pub struct Node {
     /// One lock per partition: a primary appends, replicates and waits for
     /// its replica in LSN order under it.
     sequencers: Vec<tokio::sync::Mutex<()>>,
+    /// One lock per partition on the copy's side: a replica checks fences
+    /// and appends under it, a source fences and reads its log under it, so
+    /// a new primary's fencing read sees every record an old primary got
+    /// acknowledged here, and none is appended after it.
+    apply_locks: Vec<Mutex<()>>,
     catchup: Mutex<catchup::Progress>,
     /// Per partition, the newest term a primary announced to this copy:
     /// records of older terms are refused (fencing ahead of the map).
@@ -145,6 +150,7 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
         sequencers: (0..map.partitions)
             .map(|_| tokio::sync::Mutex::new(()))
             .collect(),
+        apply_locks: (0..map.partitions).map(|_| Mutex::new(())).collect(),
         map: RwLock::new(Arc::new(map)),
         peers: Mutex::new(HashMap::new()),
         fences: Mutex::new(HashMap::new()),
@@ -324,6 +330,23 @@ impl Node {
         let mut fences = self.fences.lock().expect("poisoned");
         let f = fences.entry(p).or_insert(0);
         *f = (*f).max(term);
+    }
+
+    fn apply_lock(&self, p: u32) -> std::sync::MutexGuard<'_, ()> {
+        self.apply_locks[p as usize % self.apply_locks.len()]
+            .lock()
+            .expect("poisoned")
+    }
+
+    /// Whether, by this node's map, its copy of `p` holds every
+    /// acknowledged record: a replica not marked stale. Only such a copy
+    /// may serve catch-up and snapshots, since the reader cuts its own log
+    /// to match the answer.
+    fn is_up_to_date_copy(&self, p: u32) -> bool {
+        let map = self.map();
+        map.partition(PartitionId(p)).is_some_and(|info| {
+            info.replicas.contains(&self.id) && !info.is_stale(self.id)
+        })
     }
 
     fn fence_of(&self, p: u32) -> u64 {

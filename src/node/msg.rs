@@ -93,6 +93,10 @@ impl<'a> Forward<'a> {
 pub struct Replicate<'a> {
     pub partition: u32,
     pub epoch: u64,
+    /// The sender's term as primary: what fencing compares. A resend of
+    /// older records comes with the current primary's term, not theirs.
+    pub primary_term: u64,
+    /// The record's own term (log matching).
     pub term: u64,
     pub lsn: u64,
     /// The term of the primary's record at `lsn - 1` (0 for none): the
@@ -103,9 +107,10 @@ pub struct Replicate<'a> {
 
 impl<'a> Replicate<'a> {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(36 + self.batch.len());
+        let mut out = Vec::with_capacity(44 + self.batch.len());
         put_u32(&mut out, self.partition);
         put_u64(&mut out, self.epoch);
+        put_u64(&mut out, self.primary_term);
         put_u64(&mut out, self.term);
         put_u64(&mut out, self.lsn);
         put_u64(&mut out, self.prev_term);
@@ -118,6 +123,7 @@ impl<'a> Replicate<'a> {
         Ok(Replicate {
             partition: r.u32()?,
             epoch: r.u64()?,
+            primary_term: r.u64()?,
             term: r.u64()?,
             lsn: r.u64()?,
             prev_term: r.u64()?,
@@ -355,6 +361,7 @@ mod tests {
         let r = Replicate {
             partition: 1,
             epoch: 2,
+            primary_term: 5,
             term: 3,
             lsn: 4,
             prev_term: 2,
@@ -363,8 +370,16 @@ mod tests {
         .encode();
         let d = Replicate::decode(&r).unwrap();
         assert_eq!(
-            (d.partition, d.epoch, d.term, d.lsn, d.prev_term, d.batch),
-            (1, 2, 3, 4, 2, &b"xy"[..])
+            (
+                d.partition,
+                d.epoch,
+                d.primary_term,
+                d.term,
+                d.lsn,
+                d.prev_term,
+                d.batch
+            ),
+            (1, 2, 5, 3, 4, 2, &b"xy"[..])
         );
 
         let a = ReplicateAck {

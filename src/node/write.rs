@@ -7,7 +7,7 @@ use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
 use store::{Lsn, Term};
 
-use super::catchup::{divergence_point, term_at};
+use super::catchup::{divergence_point, install_snapshot, last_term, term_at};
 use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
 use super::{Lane, Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
@@ -118,7 +118,10 @@ impl Node {
                         _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
                     }
                 }
-                Err(e) => return Err(e),
+                Err((code, message)) => {
+                    tracing::warn!(partition = p, "write failed ({code:?}): {message}");
+                    return Err((code, message));
+                }
             }
         }
     }
@@ -215,12 +218,12 @@ impl Node {
                 ),
             ));
         }
-        let part = self.partition(p)?;
         if self.synced_term(p) < term {
             // First write of this term here (the map-change sync did not
             // finish yet): take over what the other copies acknowledged.
-            self.sync_as_primary(p, term, &part).await?;
+            self.sync_as_primary(p, term).await?;
         }
+        let part = self.partition(p)?;
         let lsn = part
             .append(Term(term), batch)
             .map_err(|e| store_error(p, e))?;
@@ -245,6 +248,7 @@ impl Node {
                 let record = Replicate {
                     partition: p,
                     epoch: map.epoch.0,
+                    primary_term: term,
                     term,
                     lsn: lsn.0,
                     prev_term,
@@ -265,12 +269,18 @@ impl Node {
         Ok(())
     }
 
-    /// A new primary pulls, from every other Active copy, the records past
-    /// its own last LSN (a copy that became primary right after catching up
-    /// can miss what the old primary acknowledged meanwhile), and fences
-    /// those copies with its term so the old primary gets no more
-    /// acknowledgements through them.
-    async fn sync_as_primary(&self, p: u32, term: u64, part: &store::Partition) -> WriteResult {
+    /// Before a new primary writes in its term, its log must hold every
+    /// record any copy may have acknowledged (Raft's leader completeness):
+    /// its replicas cut whatever does not match it. The controller picks
+    /// primaries without looking at logs, so the primary reconciles with
+    /// every other Active copy instead. Where a peer's log is ahead (a newer
+    /// last term, or the same term and longer), it cuts its own suffix that
+    /// the peer's term history says never counted, then takes the peer's
+    /// records. A peer behind it is put right by log matching when it
+    /// replicates. The requests fence the peers with the new term under
+    /// their apply lock, so the old primary gets no acknowledgement through
+    /// them for a record this sync did not see.
+    async fn sync_as_primary(&self, p: u32, term: u64) -> WriteResult {
         let pid = PartitionId(p);
         let deadline = Instant::now() + WRITE_DEADLINE;
         let map = self.map();
@@ -279,6 +289,7 @@ impl Node {
             .into_iter()
             .filter(|&r| r != self.id)
         {
+            let mut taken = 0;
             loop {
                 if !self.map().is_active_copy(pid, r) {
                     break;
@@ -286,9 +297,11 @@ impl Node {
                 let client = self
                     .peer(r, Lane::Replication)
                     .ok_or((ErrorCode::StaleMap, format!("node {r} is not in the map")))?;
+                let part = self.partition(p)?;
+                let (own_term, own_last) = (part.last_term().0, part.last_lsn().0);
                 let request = CatchUpRequest {
                     partition: p,
-                    from_lsn: part.last_lsn().0 + 1,
+                    from_lsn: own_last + 1,
                     max_bytes: RESEND_BYTES_MAX as u32,
                     fence_term: term,
                 };
@@ -297,6 +310,16 @@ impl Node {
                     .await
                 {
                     Ok(bytes) => CatchUpReply::decode(&bytes)?,
+                    Err(ClientError::Remote {
+                        code: ErrorCode::TrimmedAway,
+                        ..
+                    }) => {
+                        // Our log ends before the peer's begins: a full copy.
+                        install_snapshot(self, &client, p)
+                            .await
+                            .map_err(|e| (ErrorCode::Unavailable, e))?;
+                        continue;
+                    }
                     Err(e) if Instant::now() < deadline => {
                         tracing::debug!(partition = p, peer = r.0, "primary sync retry: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -309,6 +332,28 @@ impl Node {
                         ))
                     }
                 };
+                let peer_term = last_term(&reply.term_history, reply.last_lsn);
+                if (peer_term, reply.last_lsn) <= (own_term, own_last) {
+                    break;
+                }
+                if let Some(keep) =
+                    divergence_point(own_term, own_last, &reply.term_history, reply.last_lsn)
+                {
+                    tracing::warn!(
+                        partition = p,
+                        peer = r.0,
+                        from = keep + 1,
+                        to = own_last,
+                        "new primary cuts a suffix that its peer's newer log overrides"
+                    );
+                    if part.truncate_after(Lsn(keep)).is_err() {
+                        // Already sealed into a chunk file: take a full copy.
+                        install_snapshot(self, &client, p)
+                            .await
+                            .map_err(|e| (ErrorCode::Unavailable, e))?;
+                    }
+                    continue;
+                }
                 let mut applied = 0;
                 for rec in &reply.records {
                     if rec.lsn == part.last_lsn().0 + 1 {
@@ -317,17 +362,27 @@ impl Node {
                         applied += 1;
                     }
                 }
-                if applied > 0 {
-                    tracing::info!(
-                        partition = p,
-                        peer = r.0,
-                        records = applied,
-                        "new primary took over records from a peer"
-                    );
+                if applied == 0 {
+                    // The peer is ahead but sent nothing that follows our
+                    // log: never write over what it may have acknowledged.
+                    return Err((
+                        ErrorCode::Unavailable,
+                        format!(
+                            "partition {p}: node {r} is ahead (term {peer_term}, LSN {}) \
+                             but sent no record after LSN {own_last}",
+                            reply.last_lsn
+                        ),
+                    ));
                 }
-                if applied == 0 || part.last_lsn().0 >= reply.last_lsn {
-                    break;
-                }
+                taken += applied;
+            }
+            if taken > 0 {
+                tracing::info!(
+                    partition = p,
+                    peer = r.0,
+                    records = taken,
+                    "new primary took over records from a peer"
+                );
             }
         }
         self.synced.lock().expect("poisoned").insert(p, term);
@@ -363,10 +418,7 @@ impl Node {
             if self.synced_term(p) >= info.term.0 {
                 continue;
             }
-            let result = match self.partition(p) {
-                Ok(part) => self.sync_as_primary(p, info.term.0, &part).await,
-                Err(e) => Err(e),
-            };
+            let result = self.sync_as_primary(p, info.term.0).await;
             if let Err((_, e)) = result {
                 tracing::warn!(
                     partition = p,
@@ -415,6 +467,7 @@ impl Node {
             let payload = Replicate {
                 partition: p,
                 epoch: map.epoch.0,
+                primary_term: term,
                 term,
                 lsn,
                 prev_term,
@@ -442,7 +495,20 @@ impl Node {
                         divergence_point(ack.last_term, ack.last_lsn, &history, part.last_lsn().0)
                             .unwrap_or(ack.last_lsn)
                             + 1;
-                    self.resend(&client, p, map.epoch.0, from, lsn).await?;
+                    let reached = self
+                        .resend(&client, p, map.epoch.0, term, from, lsn)
+                        .await?;
+                    tracing::debug!(
+                        partition = p,
+                        replica = replica.0,
+                        from,
+                        reached,
+                        "resent records the replica missed"
+                    );
+                    if reached == from {
+                        // Not one record taken: do not spin on the replica.
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
                     if Instant::now() > deadline {
                         return Err((
                             ErrorCode::Unavailable,
@@ -477,14 +543,18 @@ impl Node {
     /// Sends log records `[from, until)` in order, so that a replica that
     /// missed some (a dropped connection) has no gap before `until`. Stops
     /// early when the replica still cannot append one (the caller asks again).
+    /// The records keep their own terms; the replica fences on
+    /// `primary_term`, the term this primary writes in. Returns the first
+    /// LSN the replica did not take.
     async fn resend(
         &self,
         client: &crate::net::Client,
         p: u32,
         epoch: u64,
+        primary_term: u64,
         mut from: u64,
         until: u64,
-    ) -> WriteResult {
+    ) -> WriteResult<u64> {
         let part = self.partition(p)?;
         let mut prev_term = term_at(&part.term_history(), from.saturating_sub(1));
         while from < until {
@@ -496,11 +566,12 @@ impl Node {
             }
             for (lsn, term, batch) in records {
                 if lsn.0 >= until {
-                    return Ok(());
+                    return Ok(from);
                 }
                 let payload = Replicate {
                     partition: p,
                     epoch,
+                    primary_term,
                     term: term.0,
                     lsn: lsn.0,
                     prev_term,
@@ -510,15 +581,19 @@ impl Node {
                 let answer = client
                     .request(Kind::Replicate, &payload, REPLICA_TIMEOUT)
                     .await
-                    .map_err(|e| (ErrorCode::Unavailable, e.to_string()))?;
+                    .map_err(|e| match e {
+                        // A fenced primary must learn it is fenced.
+                        ClientError::Remote { code, message, .. } => (code, message),
+                        e => (ErrorCode::Unavailable, e.to_string()),
+                    })?;
                 if ReplicateAck::decode(&answer)?.gap {
-                    return Ok(());
+                    return Ok(from);
                 }
                 from = lsn.0 + 1;
                 prev_term = term.0;
             }
         }
-        Ok(())
+        Ok(from)
     }
 
     /// Sends an encoded `Replicate` without waiting for it.
@@ -538,41 +613,13 @@ impl Node {
 /// partition are applied in the order the primary sent them.
 pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     let m = Replicate::decode(payload)?;
-    let fence = node.fence_of(m.partition);
-    if m.term < fence {
-        return Err((
-            ErrorCode::Fenced,
-            format!(
-                "partition {}: term {} is fenced by term {fence}",
-                m.partition, m.term
-            ),
-        ));
-    }
-    let pid = PartitionId(m.partition);
-    let map = node.map();
-    if let Some(info) = map.partition(pid) {
-        if m.term < info.term.0 {
-            return Err((
-                ErrorCode::Fenced,
-                format!(
-                    "partition {}: term {} is older than {}",
-                    m.partition, m.term, info.term.0
-                ),
-            ));
-        }
-    }
+    let _apply = node.apply_lock(m.partition);
     let part = node.partition(m.partition)?;
-    if m.term < part.last_term().0 {
-        return Err((
-            ErrorCode::Fenced,
-            format!(
-                "partition {}: term {} is older than the log's {}",
-                m.partition,
-                m.term,
-                part.last_term().0
-            ),
-        ));
-    }
+    let map_term = node
+        .map()
+        .partition(PartitionId(m.partition))
+        .map_or(0, |info| info.term.0);
+    check_fence(&m, node.fence_of(m.partition), map_term, part.last_term().0)?;
     // Log matching, as in Raft: one primary per term writes each LSN once,
     // so the same (LSN, term) is the same record. A record of ours at that
     // LSN from another term was never acknowledged: it and what follows go.
@@ -629,6 +676,31 @@ pub fn handle_replicate(node: &Node, payload: &[u8]) -> WriteResult<Vec<u8>> {
     Ok(ack(&part, false))
 }
 
+/// Refuses a record from a primary whose term is over: older than the
+/// fence a newer primary set here, the map's term, or the newest term in
+/// this copy's log. Only the sender's term counts, never the record's: the
+/// current primary resends older records with their own older terms.
+fn check_fence(m: &Replicate, fence: u64, map_term: u64, log_term: u64) -> WriteResult {
+    let (newer, what) = [
+        (fence, "fenced by"),
+        (map_term, "older than the map's"),
+        (log_term, "older than the log's"),
+    ]
+    .into_iter()
+    .max_by_key(|(t, _)| *t)
+    .expect("three candidates");
+    if m.primary_term < newer {
+        return Err((
+            ErrorCode::Fenced,
+            format!(
+                "partition {}: term {} is {what} term {newer}",
+                m.partition, m.primary_term
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn ack(part: &store::Partition, gap: bool) -> Vec<u8> {
     ReplicateAck {
         last_lsn: part.last_lsn().0,
@@ -646,4 +718,39 @@ fn store_error(p: u32, e: store::Error) -> (ErrorCode, String) {
         _ => ErrorCode::Internal,
     };
     (code, format!("partition {p}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{check_fence, Replicate};
+    use crate::proto::ErrorCode;
+
+    fn record(primary_term: u64, term: u64) -> Replicate<'static> {
+        Replicate {
+            partition: 9,
+            epoch: 10,
+            primary_term,
+            term,
+            lsn: 100,
+            prev_term: term,
+            batch: b"",
+        }
+    }
+
+    #[test]
+    fn a_resend_of_older_records_by_the_current_primary_is_not_fenced() {
+        // The primary of term 4 resends a record of term 2 to a replica it
+        // fenced at 4 while it took over: the replica must take it.
+        assert!(check_fence(&record(4, 2), 4, 4, 3).is_ok());
+        assert!(check_fence(&record(4, 4), 4, 4, 4).is_ok());
+    }
+
+    #[test]
+    fn a_deposed_primary_is_fenced_by_the_fence_the_map_or_the_log() {
+        for (fence, map, log) in [(4, 0, 0), (0, 4, 0), (0, 0, 4), (4, 3, 2)] {
+            let e = check_fence(&record(3, 3), fence, map, log).unwrap_err();
+            assert_eq!(e.0, ErrorCode::Fenced, "{fence} {map} {log}: {}", e.1);
+            assert!(e.1.contains("term 3") && e.1.contains("term 4"), "{}", e.1);
+        }
+    }
 }

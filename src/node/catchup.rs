@@ -189,7 +189,9 @@ async fn catch_up(
             // Cut only against the source the current map names, and only
             // the log the answer was compared with.
             if node.map().catch_up_source(PartitionId(p), node.id) != Some(source) {
-                return Err(format!("partition {p}: node {source} is no longer the source"));
+                return Err(format!(
+                    "partition {p}: node {source} is no longer the source"
+                ));
             }
             let part = node.partition(p).map_err(|e| e.1)?;
             let cut = {
@@ -320,7 +322,10 @@ fn check_source(node: &Node, p: u32) -> Result<(), (ErrorCode, String)> {
     if node.catchup.lock().expect("poisoned").is_corrupted(p) {
         return Err((
             ErrorCode::NotOwner,
-            format!("node {}'s copy of partition {p} is being refetched", node.id),
+            format!(
+                "node {}'s copy of partition {p} is being refetched",
+                node.id
+            ),
         ));
     }
     if !node.is_up_to_date_copy(p) {

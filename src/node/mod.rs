@@ -344,9 +344,8 @@ impl Node {
     /// to match the answer.
     fn is_up_to_date_copy(&self, p: u32) -> bool {
         let map = self.map();
-        map.partition(PartitionId(p)).is_some_and(|info| {
-            info.replicas.contains(&self.id) && !info.is_stale(self.id)
-        })
+        map.partition(PartitionId(p))
+            .is_some_and(|info| info.replicas.contains(&self.id) && !info.is_stale(self.id))
     }
 
     fn fence_of(&self, p: u32) -> u64 {

@@ -57,6 +57,30 @@ pub fn handle_forward(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
     })
 }
 
+/// What a new primary whose log ends at `(own_term, own_last)` does about
+/// a peer's log, given as its term history (first LSN of each term) and
+/// last LSN.
+#[derive(Debug, PartialEq, Eq)]
+enum Reconcile {
+    /// The peer's log is not ahead of ours: nothing to take.
+    Done,
+    /// Ours is a prefix of the peer's: take its records after ours.
+    Take,
+    /// Our log parts from the peer's after this LSN, and the peer's is the
+    /// newer: cut ours there, then take.
+    Cut(u64),
+}
+
+fn reconcile(own_term: u64, own_last: u64, history: &[(u64, u64)], last: u64) -> Reconcile {
+    if (last_term(history, last), last) <= (own_term, own_last) {
+        return Reconcile::Done;
+    }
+    match divergence_point(own_term, own_last, history, last) {
+        Some(keep) => Reconcile::Cut(keep),
+        None => Reconcile::Take,
+    }
+}
+
 impl Node {
     /// Writes every partition's group concurrently; fails if any fails.
     pub async fn ingest(self: &Arc<Self>, groups: Vec<(u32, Vec<u8>)>) -> WriteResult {
@@ -332,13 +356,13 @@ impl Node {
                         ))
                     }
                 };
-                let peer_term = last_term(&reply.term_history, reply.last_lsn);
-                if (peer_term, reply.last_lsn) <= (own_term, own_last) {
-                    break;
-                }
-                if let Some(keep) =
-                    divergence_point(own_term, own_last, &reply.term_history, reply.last_lsn)
+                let keep = match reconcile(own_term, own_last, &reply.term_history, reply.last_lsn)
                 {
+                    Reconcile::Done => break,
+                    Reconcile::Take => None,
+                    Reconcile::Cut(keep) => Some(keep),
+                };
+                if let Some(keep) = keep {
                     tracing::warn!(
                         partition = p,
                         peer = r.0,
@@ -368,7 +392,7 @@ impl Node {
                     return Err((
                         ErrorCode::Unavailable,
                         format!(
-                            "partition {p}: node {r} is ahead (term {peer_term}, LSN {}) \
+                            "partition {p}: node {r} is ahead (LSN {}) \
                              but sent no record after LSN {own_last}",
                             reply.last_lsn
                         ),
@@ -722,7 +746,7 @@ fn store_error(p: u32, e: store::Error) -> (ErrorCode, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_fence, Replicate};
+    use super::{check_fence, reconcile, Reconcile, Replicate};
     use crate::proto::ErrorCode;
 
     fn record(primary_term: u64, term: u64) -> Replicate<'static> {
@@ -735,6 +759,35 @@ mod tests {
             prev_term: term,
             batch: b"",
         }
+    }
+
+    #[test]
+    fn a_new_primary_takes_what_a_peer_has_beyond_its_log() {
+        // A learner switched in as primary, behind the secondary in term 1.
+        assert_eq!(reconcile(1, 90, &[(1, 1)], 100), Reconcile::Take);
+        // Same log, or the peer behind: nothing to take.
+        assert_eq!(reconcile(1, 100, &[(1, 1)], 100), Reconcile::Done);
+        assert_eq!(reconcile(2, 120, &[(1, 1)], 100), Reconcile::Done);
+        assert_eq!(reconcile(3, 10, &[], 0), Reconcile::Done);
+        // Our log is empty: take everything.
+        assert_eq!(reconcile(0, 0, &[(1, 1)], 5), Reconcile::Take);
+    }
+
+    #[test]
+    fn a_new_primary_cuts_a_suffix_a_newer_peer_log_overrides() {
+        // We hold 91..=100 of a deposed term-1 primary; the peer took over
+        // in term 2 at 91 and its records there may be acknowledged.
+        assert_eq!(
+            reconcile(1, 100, &[(1, 1), (2, 91)], 95),
+            Reconcile::Cut(90)
+        );
+        // Same, but our suffix started in a term the peer never had.
+        assert_eq!(
+            reconcile(3, 50, &[(1, 1), (2, 20), (4, 40)], 60),
+            Reconcile::Cut(39)
+        );
+        // Our term ended exactly where the peer's next began: just take.
+        assert_eq!(reconcile(1, 90, &[(1, 1), (2, 91)], 95), Reconcile::Take);
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub struct Node {
     apply_locks: Vec<Mutex<()>>,
     catchup: Mutex<catchup::Progress>,
     /// Per partition, the newest term a primary announced to this copy:
-    /// records of older terms are refused (fencing ahead of the map).
+    /// records sent by a primary of an older term are refused (fencing
+    /// ahead of the map).
     fences: Mutex<HashMap<u32, u64>>,
     /// Per partition, the term in which this node, as primary, took over
     /// its peers' records.

@@ -289,6 +289,19 @@ impl Node {
                 return Err(e);
             }
         }
+        // A new primary fenced this copy while the write was in flight. Its
+        // takeover read this log under the apply lock, maybe before the
+        // append: the record may be missing there and would be cut. When no
+        // replica was waited for (the map here still had it stale), nothing
+        // else stops this acknowledgement.
+        let fence = self.fence_of(p);
+        if fence > term {
+            self.metrics.add_fenced_write();
+            return Err((
+                ErrorCode::Fenced,
+                format!("partition {p}: term {term} was fenced by term {fence} during the write"),
+            ));
+        }
         self.metrics.add_replicated_batch();
         Ok(())
     }

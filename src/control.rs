@@ -42,11 +42,6 @@ pub enum ControlRequest {
     SafeToStop {
         node: NodeId,
     },
-    /// A node that stops cleanly (SIGTERM) says so, and is Down at once:
-    /// its partitions fail over now rather than after `--down-after`.
-    Leaving {
-        node: NodeId,
-    },
     /// Any controller, leader or not: its own Raft view and the status of
     /// its last committed map.
     Controller,

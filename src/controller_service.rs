@@ -397,7 +397,6 @@ impl Service {
             }
             ControlRequest::Remove { node } => self.command(Event::Remove { node }, now).await,
             ControlRequest::Drain { node } => self.command(Event::Drain { node }, now).await,
-            ControlRequest::Leaving { node } => self.command(Event::Down { node }, now).await,
             ControlRequest::SafeToStop { node } => {
                 let verdict = self.sm.with_map(|map| {
                     map.node(node).map(|_| {

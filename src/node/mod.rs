@@ -187,34 +187,10 @@ pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Res
     ));
     tokio::spawn(http::serve(http, node.clone(), shutdown.subscribe()));
     net::serve(native, node.clone(), shutdown.subscribe()).await;
-    // Stopping: no request is taken any more. Tell the controller first, so
-    // that this node's partitions fail over now instead of after
-    // `--down-after`; then make everything appended durable.
-    leave(&node).await;
+    // Stopping: make everything appended durable.
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.sync_all()).await?;
     Ok(())
-}
-
-/// How long a stopping node waits for the controller to take its leave.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Asks the controller to mark this node Down. Best effort: without a
-/// controller, the node is declared Down after `--down-after` anyway.
-async fn leave(node: &Node) {
-    let controllers = node.controllers.clone();
-    let request = ControlRequest::Leaving { node: node.id };
-    let call = tokio::task::spawn_blocking(move || {
-        control::call_blocking::<serde_json::Value>(&controllers, &request)
-    });
-    match tokio::time::timeout(LEAVE_TIMEOUT, call).await {
-        Ok(Ok(Ok(_))) => tracing::info!("left the cluster: the controller marked this node Down"),
-        Ok(Ok(Err(e))) => tracing::warn!("could not tell the controller this node stops: {e:#}"),
-        Ok(Err(e)) => tracing::warn!("leave task failed: {e}"),
-        Err(_) => tracing::warn!(
-            "the controller did not answer within {LEAVE_TIMEOUT:?}; it will declare this node Down after --down-after"
-        ),
-    }
 }
 
 async fn register(controllers: &[String], spec: &NodeSpec) -> anyhow::Result<ClusterMap> {

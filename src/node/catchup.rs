@@ -362,16 +362,7 @@ pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
         Vec::new()
     } else {
         part.read_log(Lsn(req.from_lsn), req.max_bytes as usize)
-            .map_err(|e| match e {
-                store::Error::Fsdb(fsdb::Error::TrimmedAway { .. }) => (
-                    ErrorCode::TrimmedAway,
-                    format!("partition {}: {e}", req.partition),
-                ),
-                e => (
-                    ErrorCode::Internal,
-                    format!("partition {}: {e}", req.partition),
-                ),
-            })?
+            .map_err(read_error)?
     };
     let reply = CatchUpReply {
         last_lsn,
@@ -390,6 +381,18 @@ pub fn handle_catch_up(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
             .collect(),
     };
     Ok(reply.encode())
+}
+
+/// A log read's error for the reader: `TrimmedAway` (the store's own or
+/// fsdb's) tells it to take a full copy instead.
+fn read_error(e: store::Error) -> (ErrorCode, String) {
+    let code = match e {
+        store::Error::TrimmedAway { .. } | store::Error::Fsdb(fsdb::Error::TrimmedAway { .. }) => {
+            ErrorCode::TrimmedAway
+        }
+        _ => ErrorCode::Internal,
+    };
+    (code, e.to_string())
 }
 
 pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCode, String)> {
@@ -417,8 +420,26 @@ pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
 
 #[cfg(test)]
 mod tests {
-    use super::{divergence_point, last_term, term_at};
-    use store::{Lsn, Term};
+    use super::{divergence_point, last_term, read_error, term_at};
+    use crate::proto::ErrorCode;
+    use store::{Lsn, PartitionId, Term};
+
+    #[test]
+    fn a_trimmed_log_sends_the_reader_to_a_full_copy() {
+        // What `Partition::read_log` returns when the log was trimmed past
+        // the reader's LSN: it once passed as an internal error, and a copy
+        // away for longer than a seal could never catch up.
+        let trimmed = store::Error::TrimmedAway {
+            partition: PartitionId(3),
+            lsn: 5,
+            first: 9,
+        };
+        let (code, message) = read_error(trimmed);
+        assert_eq!(code, ErrorCode::TrimmedAway, "{message}");
+        assert!(message.contains("partition 3"), "{message}");
+        let other = store::Error::PartitionCorrupted(PartitionId(3));
+        assert_eq!(read_error(other).0, ErrorCode::Internal);
+    }
 
     #[test]
     fn finds_the_divergent_suffix() {

@@ -400,6 +400,12 @@ impl Node {
                     }
                 }
                 if applied == 0 {
+                    if (part.last_term().0, part.last_lsn().0) != (own_term, own_last)
+                        && Instant::now() < deadline
+                    {
+                        // Our log moved meanwhile (a catch-up round): ask again.
+                        continue;
+                    }
                     // The peer is ahead but sent nothing that follows our
                     // log: never write over what it may have acknowledged.
                     return Err((

@@ -126,6 +126,13 @@ impl PartitionInfo {
         self.stale.contains(&node)
     }
 
+    /// Whether `node` holds a copy with every acknowledged write: a replica
+    /// not marked stale (whatever its node's state). Only such a copy may
+    /// be caught up from, or serve as a new primary's reference.
+    pub fn is_in_sync(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node) && !self.is_stale(node)
+    }
+
     pub fn learner(&self, node: NodeId) -> Option<&Learner> {
         self.learners.iter().find(|l| l.node == node)
     }
@@ -225,11 +232,8 @@ impl ClusterMap {
     /// Whether `node` holds an Active, caught-up copy of `p`: it serves reads
     /// and counts towards acknowledgements.
     pub fn is_active_copy(&self, p: PartitionId, node: NodeId) -> bool {
-        self.partition(p).is_some_and(|i| {
-            i.replicas.contains(&node)
-                && !i.is_stale(node)
-                && self.state_of(node) == Some(NodeState::Active)
-        })
+        self.partition(p)
+            .is_some_and(|i| i.is_in_sync(node) && self.state_of(node) == Some(NodeState::Active))
     }
 
     /// The primary of `p` if it serves (an Active copy); `None` means the
@@ -276,7 +280,7 @@ impl ClusterMap {
         let info = self.partition(p)?;
         info.replicas.iter().copied().find(|&r| {
             r != node
-                && !info.is_stale(r)
+                && info.is_in_sync(r)
                 && matches!(
                     self.state_of(r),
                     Some(NodeState::Active | NodeState::Recovering)
@@ -479,5 +483,29 @@ pub fn safe_to_stop(map: &ClusterMap, node: NodeId) -> Result<(), Vec<PartitionI
         Ok(())
     } else {
         Err(at_risk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Learner, PartitionInfo};
+    use crate::ids::{NodeId, Term};
+
+    #[test]
+    fn only_a_replica_not_marked_stale_is_in_sync() {
+        let info = PartitionInfo {
+            replicas: vec![NodeId(1), NodeId(2)],
+            term: Term(3),
+            stale: vec![NodeId(2)],
+            learners: vec![Learner {
+                node: NodeId(4),
+                replaces: Some(NodeId(2)),
+                caught_up: true,
+            }],
+        };
+        assert!(info.is_in_sync(NodeId(1)));
+        assert!(!info.is_in_sync(NodeId(2)), "stale");
+        assert!(!info.is_in_sync(NodeId(4)), "a learner, even caught up");
+        assert!(!info.is_in_sync(NodeId(5)), "no copy at all (dropped)");
     }
 }

@@ -194,21 +194,7 @@ async fn catch_up(
                 ));
             }
             let part = node.partition(p).map_err(|e| e.1)?;
-            let cut = {
-                let _apply = node.apply_lock(p);
-                if (part.last_term().0, part.last_lsn().0) != (local_term, local_last) {
-                    continue;
-                }
-                tracing::warn!(
-                    partition = p,
-                    from = keep + 1,
-                    to = local_last,
-                    "truncating a log suffix the current term never acknowledged"
-                );
-                part.truncate_after(Lsn(keep))
-            };
-            if cut.is_err() {
-                // The suffix is already sealed into a chunk file: take a full copy.
+            if cut_suffix(node, p, &part, (local_term, local_last), keep).is_err() {
                 return install_snapshot(node, &client, p).await.map(|_| 0);
             }
             continue;
@@ -237,6 +223,31 @@ async fn catch_up(
     Ok(lag.max(1))
 }
 
+/// Cuts `part`'s log after `keep`, a suffix a newer log overrides, if the
+/// log still ends at `seen` (term, last LSN), where the comparison saw it;
+/// if it moved meanwhile, cuts nothing and the caller compares again. Under
+/// the apply lock, so no record is appended in between. An error means the
+/// suffix is already sealed into a chunk file: a full copy is needed.
+pub(super) fn cut_suffix(
+    node: &Node,
+    p: u32,
+    part: &store::Partition,
+    seen: (u64, u64),
+    keep: u64,
+) -> Result<(), store::Error> {
+    let _apply = node.apply_lock(p);
+    if (part.last_term().0, part.last_lsn().0) != seen {
+        return Ok(());
+    }
+    tracing::warn!(
+        partition = p,
+        from = keep + 1,
+        to = seen.1,
+        "cutting a log suffix that a newer log overrides (never acknowledged)"
+    );
+    part.truncate_after(Lsn(keep))
+}
+
 /// Where a local log that ends at `(local_term, local_last)` must be cut so
 /// that it is a prefix of the source's: `None` if it already is.
 ///
@@ -263,18 +274,10 @@ pub fn divergence_point(
     (local_last > end).then_some(end)
 }
 
-/// The term of the last record (at `last`) of a log with this history, as
-/// the wire carries it (first LSN of each term); 0 for an empty log.
-pub fn last_term(history: &[(u64, u64)], last: u64) -> u64 {
-    if last == 0 {
-        return 0;
-    }
-    history
-        .iter()
-        .rev()
-        .find(|&&(_, first)| first <= last)
-        .or(history.first())
-        .map_or(0, |&(t, _)| t)
+/// [`term_at`] for a history as the wire carries it (`(term, first LSN)`
+/// as plain numbers).
+pub fn wire_term_at(history: &[(u64, u64)], lsn: u64) -> u64 {
+    term_in(history, lsn, |&(t, first)| (t, first))
 }
 
 /// The term of the record at `lsn` in a log with this history (first LSN of
@@ -282,12 +285,21 @@ pub fn last_term(history: &[(u64, u64)], last: u64) -> u64 {
 /// restarted after a full copy: its history begins after the copy), the
 /// record just before is of the first entry's term, which `reset` records.
 pub fn term_at(history: &[(Term, Lsn)], lsn: u64) -> u64 {
+    term_in(history, lsn, |&(t, first)| (t.0, first.0))
+}
+
+fn term_in<T>(history: &[T], lsn: u64, entry: impl Fn(&T) -> (u64, u64)) -> u64 {
     if lsn == 0 {
         return 0;
     }
-    match history.iter().rev().find(|(_, first)| first.0 <= lsn) {
-        Some((t, _)) => t.0,
-        None => history.first().map_or(0, |(t, _)| t.0),
+    match history
+        .iter()
+        .rev()
+        .map(&entry)
+        .find(|&(_, first)| first <= lsn)
+    {
+        Some((t, _)) => t,
+        None => history.first().map_or(0, |e| entry(e).0),
     }
 }
 
@@ -328,7 +340,11 @@ fn check_source(node: &Node, p: u32) -> Result<(), (ErrorCode, String)> {
             ),
         ));
     }
-    if !node.is_up_to_date_copy(p) {
+    let in_sync = node
+        .map()
+        .partition(PartitionId(p))
+        .is_some_and(|info| info.is_in_sync(node.id));
+    if !in_sync {
         return Err((
             ErrorCode::NotOwner,
             format!(
@@ -420,7 +436,7 @@ pub fn handle_snapshot(node: &Node, payload: &[u8]) -> Result<Vec<u8>, (ErrorCod
 
 #[cfg(test)]
 mod tests {
-    use super::{divergence_point, last_term, read_error, term_at};
+    use super::{divergence_point, read_error, term_at, wire_term_at};
     use crate::proto::ErrorCode;
     use store::{Lsn, PartitionId, Term};
 
@@ -466,15 +482,12 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_term_of_the_last_record() {
+    fn finds_the_term_of_a_record_in_a_wire_history() {
         let history = [(1, 1), (3, 6), (4, 9)];
-        assert_eq!(last_term(&history, 0), 0);
-        assert_eq!(last_term(&history, 5), 1);
-        assert_eq!(last_term(&history, 8), 3);
-        assert_eq!(last_term(&history, 12), 4);
-        // A log that restarted from a full copy up to LSN 10 in term 5.
-        assert_eq!(last_term(&[(5, 11)], 10), 5);
-        assert_eq!(last_term(&[], 7), 0);
+        let terms: Vec<u64> = (0..=10).map(|lsn| wire_term_at(&history, lsn)).collect();
+        assert_eq!(terms, [0, 1, 1, 1, 1, 1, 3, 3, 3, 4, 4]);
+        assert_eq!(wire_term_at(&[(5, 11)], 10), 5);
+        assert_eq!(wire_term_at(&[], 7), 0);
     }
 
     #[test]

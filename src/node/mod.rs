@@ -339,16 +339,6 @@ impl Node {
             .expect("poisoned")
     }
 
-    /// Whether, by this node's map, its copy of `p` holds every
-    /// acknowledged record: a replica not marked stale. Only such a copy
-    /// may serve catch-up and snapshots, since the reader cuts its own log
-    /// to match the answer.
-    fn is_up_to_date_copy(&self, p: u32) -> bool {
-        let map = self.map();
-        map.partition(PartitionId(p))
-            .is_some_and(|info| info.replicas.contains(&self.id) && !info.is_stale(self.id))
-    }
-
     fn fence_of(&self, p: u32) -> u64 {
         self.fences
             .lock()

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
 use store::{Lsn, Term};
 
-use super::catchup::{divergence_point, install_snapshot, last_term, term_at};
+use super::catchup::{cut_suffix, divergence_point, install_snapshot, term_at, wire_term_at};
 use super::msg::{CatchUpReply, CatchUpRequest, Forward, Replicate, ReplicateAck};
 use super::{Lane, Node, REPLICA_TIMEOUT, WRITE_DEADLINE};
 use crate::net::{ClientError, ReplyFuture};
@@ -72,7 +72,7 @@ enum Reconcile {
 }
 
 fn reconcile(own_term: u64, own_last: u64, history: &[(u64, u64)], last: u64) -> Reconcile {
-    if (last_term(history, last), last) <= (own_term, own_last) {
+    if (wire_term_at(history, last), last) <= (own_term, own_last) {
         return Reconcile::Done;
     }
     match divergence_point(own_term, own_last, history, last) {
@@ -369,27 +369,17 @@ impl Node {
                         ))
                     }
                 };
-                let keep = match reconcile(own_term, own_last, &reply.term_history, reply.last_lsn)
-                {
+                match reconcile(own_term, own_last, &reply.term_history, reply.last_lsn) {
                     Reconcile::Done => break,
-                    Reconcile::Take => None,
-                    Reconcile::Cut(keep) => Some(keep),
-                };
-                if let Some(keep) = keep {
-                    tracing::warn!(
-                        partition = p,
-                        peer = r.0,
-                        from = keep + 1,
-                        to = own_last,
-                        "new primary cuts a suffix that its peer's newer log overrides"
-                    );
-                    if part.truncate_after(Lsn(keep)).is_err() {
-                        // Already sealed into a chunk file: take a full copy.
-                        install_snapshot(self, &client, p)
-                            .await
-                            .map_err(|e| (ErrorCode::Unavailable, e))?;
+                    Reconcile::Take => {}
+                    Reconcile::Cut(keep) => {
+                        if cut_suffix(self, p, &part, (own_term, own_last), keep).is_err() {
+                            install_snapshot(self, &client, p)
+                                .await
+                                .map_err(|e| (ErrorCode::Unavailable, e))?;
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 let mut applied = 0;
                 for rec in &reply.records {

@@ -206,23 +206,43 @@ fn print_endpoints(file: &ClusterFile, cluster_path: &Path, json: bool) -> anyho
     Ok(())
 }
 
-/// A loopback address with a port the OS just handed out, never one this
-/// `up` already handed out (the OS may give a released port again). The
-/// port is released for the child to bind; a collision with another program
-/// in that instant makes the child fail to start, which `up` reports.
+/// Ports `up` gives its processes: below Linux's ephemeral range (32768 to
+/// 60999), from which the OS picks the local end of every outgoing
+/// connection. A port from that range, released for a child to bind, can
+/// meanwhile become the local end of some connection; a controller
+/// restarted on its recorded port then found it taken ("Address already in
+/// use").
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback address with a port from [`PORTS`] that is free now and that
+/// this `up` never handed out before. The walk starts at a point that
+/// differs per process, so two `up`s rarely try the same ports. The port is
+/// released for the child to bind; a collision with another program in
+/// that instant makes the child fail to start, which `up` reports.
 fn free_addr() -> anyhow::Result<String> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().expect("poisoned");
-    for _ in 0..100 {
-        let listener =
-            TcpListener::bind("127.0.0.1:0").context("cannot find a free loopback port")?;
-        let addr = listener.local_addr()?;
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return Ok(addr.to_string());
+    let span = u64::from(PORTS.end - PORTS.start);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    let start = u64::from(std::process::id()) * 7_919 + nanos;
+    // 7 919 is prime and does not divide the span: the walk visits every port.
+    for i in 0..span {
+        let port = PORTS.start + ((start + i * 7_919) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(format!("127.0.0.1:{port}"));
         }
     }
-    anyhow::bail!("cannot find a free loopback port that is not already taken")
+    bail!(
+        "no free loopback port in {}..{}: stop what holds them, or start the processes by hand",
+        PORTS.start,
+        PORTS.end
+    )
 }
 
 fn path_arg(path: &Path) -> String {
@@ -273,4 +293,25 @@ fn wait_for_ctrl_c() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(tokio::signal::ctrl_c())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{free_addr, PORTS};
+
+    #[test]
+    fn ports_are_outside_the_ephemeral_range_and_never_given_twice() {
+        let ports: Vec<u16> = (0..50)
+            .map(|_| {
+                let addr: std::net::SocketAddr = free_addr().unwrap().parse().unwrap();
+                assert!(addr.ip().is_loopback());
+                addr.port()
+            })
+            .collect();
+        assert!(ports.iter().all(|p| PORTS.contains(p)), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+    }
 }

@@ -111,10 +111,20 @@ pub type Result<T, E = QueryError> = std::result::Result<T, E>;
 /// does not parse is retried once with bare dotted metric names quoted
 /// (see [`names`]); the original error is reported if that fails too.
 fn parse(expr: &str) -> Result<promql_parser::parser::Expr> {
-    promql_parser::parser::parse(expr).or_else(|e| {
+    parse_guarded(expr).or_else(|e| {
         names::quote_dotted_names(expr)
-            .and_then(|q| promql_parser::parser::parse(&q).ok())
+            .and_then(|q| parse_guarded(&q).ok())
             .ok_or(QueryError::Parse(e))
+    })
+}
+
+/// The parser panics on some inputs it should reject (a number used as a
+/// duration that is negative or too large, `m offset 1e308`); a query is
+/// user input, so that panic becomes a parse error instead of a failed
+/// request.
+fn parse_guarded(expr: &str) -> std::result::Result<promql_parser::parser::Expr, String> {
+    std::panic::catch_unwind(|| promql_parser::parser::parse(expr)).unwrap_or_else(|_| {
+        Err("a duration in the query is negative or too large; use a unit, e.g. 5m".to_string())
     })
 }
 

@@ -386,6 +386,22 @@ fn instant_vector_functions() {
     check_ordered(&cpu(), "sort_desc(cpu)", 60, "cpu{mode=sys,resource=vm2} 4\ncpu{mode=user,resource=vm2} 3\ncpu{mode=sys,resource=vm1} 2\ncpu{mode=user,resource=vm1} 1");
 }
 
+/// The parser panics on a bare number duration that is out of range; the
+/// query answers a parse error instead (found by the token-soup proptest).
+#[test]
+fn out_of_range_number_durations_are_parse_errors() {
+    let source = VecSource::new(cpu());
+    for q in [
+        "cpu offset 1e308",
+        "cpu offset -1e308",
+        "cpu[1e308]",
+        "avg_over_time(cpu[1e300])",
+    ] {
+        let e = instant_query(&source, q, 60_000, &QueryOptions::default());
+        assert!(matches!(e, Err(QueryError::Parse(_))), "{q}: {e:?}");
+    }
+}
+
 #[test]
 fn aggregations() {
     let d = cpu();

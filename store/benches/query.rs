@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use store::batch::BatchBuilder;
-use store::query::{instant_query, QueryOptions, VecSource};
+use store::query::{instant_query, range_query, QueryOptions, VecSource};
 use store::{Labels, MatchOp, Matcher, PartitionId, SeriesData, Source, Store, StoreConfig, Term};
 
 const INTERVAL_MS: i64 = 10_000;
@@ -137,6 +137,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("vec source: sum(avg_over_time(m[1h])), 10k series", |b| {
         b.iter(|| instant_query(&many, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
     });
+
+    // Range queries over the whole 400 samples at their 10 s interval: 400
+    // steps of 10 k series, as a dashboard panel asks them.
+    for q in ["sum(m)", "sum(rate(m[5m]))"] {
+        c.bench_function(
+            &format!("vec source: {q} range, 10k series x 400 steps"),
+            |b| b.iter(|| range_query(&many, q, 0, end, INTERVAL_MS, &opts).unwrap()),
+        );
+    }
 }
 
 criterion_group!(benches, bench);

@@ -10,7 +10,7 @@ use super::{QueryError, Result};
 use crate::source::{Labels, METRIC_LABEL};
 
 #[derive(Clone, Copy, PartialEq)]
-enum Op {
+pub(crate) enum Op {
     Sum,
     Avg,
     Min,
@@ -25,7 +25,17 @@ enum Op {
     CountValues,
 }
 
-fn op(name: &str) -> Result<Op> {
+impl Op {
+    /// Folds values one by one into an [`Acc`], with no parameter.
+    pub fn folds(self) -> bool {
+        !matches!(
+            self,
+            Op::Quantile | Op::Topk | Op::Bottomk | Op::CountValues
+        )
+    }
+}
+
+pub(crate) fn op(name: &str) -> Result<Op> {
     Ok(match name {
         "sum" => Op::Sum,
         "avg" => Op::Avg,
@@ -47,35 +57,21 @@ fn op(name: &str) -> Result<Op> {
     })
 }
 
-/// One output group's running state.
-struct Group {
-    labels: Labels,
+/// The running state of one group at one step for the operators that fold
+/// values one by one (every operator but topk, bottomk, quantile and
+/// count_values, which need all the elements).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Acc {
     count: f64,
     value: f64,
     kahan: f64,
     mean: Mean,
     /// Welford's running mean for stddev / stdvar.
     welford_mean: f64,
-    values: Vec<f64>,
-    elems: Vec<Elem>,
 }
 
-impl Group {
-    fn new(labels: Labels) -> Group {
-        Group {
-            labels,
-            count: 0.0,
-            value: 0.0,
-            kahan: 0.0,
-            mean: Mean::default(),
-            welford_mean: 0.0,
-            values: Vec::new(),
-            elems: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, op: Op, e: &Elem) {
-        let v = e.value;
+impl Acc {
+    pub fn add(&mut self, op: Op, v: f64) {
         self.count += 1.0;
         let first = self.count == 1.0;
         match op {
@@ -96,13 +92,17 @@ impl Group {
                 self.welford_mean += delta / self.count;
                 self.value += delta * (v - self.welford_mean);
             }
-            Op::Quantile => self.values.push(v),
-            Op::Topk | Op::Bottomk => self.elems.push(e.clone()),
-            Op::Count | Op::Group | Op::CountValues => {}
+            Op::Count | Op::Group | Op::Quantile | Op::Topk | Op::Bottomk | Op::CountValues => {}
         }
     }
 
-    fn result(&mut self, op: Op, q: f64) -> f64 {
+    /// Values added so far.
+    pub fn count(&self) -> f64 {
+        self.count
+    }
+
+    /// The folded value, for every operator [`Op::folds`].
+    pub fn result(&self, op: Op) -> f64 {
         match op {
             Op::Sum => self.value + self.kahan,
             Op::Avg => self.mean.value(),
@@ -111,14 +111,48 @@ impl Group {
             Op::Group => 1.0,
             Op::Stdvar => self.value / self.count,
             Op::Stddev => (self.value / self.count).sqrt(),
+            Op::Quantile | Op::Topk | Op::Bottomk | Op::CountValues => f64::NAN,
+        }
+    }
+}
+
+/// One output group's running state.
+struct Group {
+    labels: Labels,
+    acc: Acc,
+    values: Vec<f64>,
+    elems: Vec<Elem>,
+}
+
+impl Group {
+    fn new(labels: Labels) -> Group {
+        Group {
+            labels,
+            acc: Acc::default(),
+            values: Vec::new(),
+            elems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, op: Op, e: &Elem) {
+        self.acc.add(op, e.value);
+        match op {
+            Op::Quantile => self.values.push(e.value),
+            Op::Topk | Op::Bottomk => self.elems.push(e.clone()),
+            _ => {}
+        }
+    }
+
+    fn result(&mut self, op: Op, q: f64) -> f64 {
+        match op {
             Op::Quantile => quantile(q, &mut self.values),
-            Op::Topk | Op::Bottomk | Op::CountValues => f64::NAN,
+            _ => self.acc.result(op),
         }
     }
 }
 
 /// The labels identifying an element's group.
-fn group_labels(l: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+pub(crate) fn group_labels(l: &Labels, modifier: Option<&LabelModifier>) -> Labels {
     let pairs = match modifier {
         None => return Labels::default(),
         Some(LabelModifier::Include(by)) => l

@@ -9,7 +9,7 @@ use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 use regex::Regex;
 
 use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
-use super::{aggregate, binary, functions, QueryError, QueryOptions, Result, Value};
+use super::{aggregate, binary, functions, series_major, QueryError, QueryOptions, Result, Value};
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 
 /// One loaded series, with its labels with and without the metric name so
@@ -196,6 +196,9 @@ impl Ctx {
                 "invalid expression type {vt} for range query, must be scalar or instant vector"
             )));
         }
+        if let Some(m) = series_major::range(self, ast, start_ms, step_ms, points) {
+            return Ok(Value::Matrix(m));
+        }
         let mut out: HashMap<Arc<Labels>, Vec<(i64, f64)>> = HashMap::new();
         for k in 0..points as i64 {
             let t = start_ms + k * step_ms;
@@ -265,6 +268,10 @@ impl Ctx {
         }
     }
 
+    pub fn lookback_ms(&self) -> i64 {
+        self.lookback_ms
+    }
+
     /// A function argument's regex, anchored as in Prometheus, compiled once.
     pub fn regex(&self, pattern: &str) -> Result<Regex> {
         if let Some(re) = self.regexes.borrow().get(pattern) {
@@ -281,7 +288,7 @@ impl Ctx {
         Ok(re)
     }
 
-    fn series(&self, vs: &VectorSelector) -> &[Series] {
+    pub fn series(&self, vs: &VectorSelector) -> &[Series] {
         self.data.get(&key(vs)).map(Vec::as_slice).unwrap_or(&[])
     }
 

@@ -105,7 +105,7 @@ fn go_min(x: f64, y: f64) -> f64 {
 }
 
 #[derive(Clone, Copy, PartialEq)]
-enum RangeFn {
+pub(crate) enum RangeFn {
     Rate,
     Increase,
     Delta,
@@ -127,7 +127,7 @@ enum RangeFn {
     PredictLinear,
 }
 
-fn range_fn(name: &str) -> Option<RangeFn> {
+pub(crate) fn range_fn(name: &str) -> Option<RangeFn> {
     Some(match name {
         "rate" => RangeFn::Rate,
         "increase" => RangeFn::Increase,
@@ -429,7 +429,13 @@ fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
     Ok(Val::Vector(out))
 }
 
-fn range_value(f: RangeFn, w: &Window, q: f64, t: i64, scratch: &mut Vec<f64>) -> Option<f64> {
+pub(crate) fn range_value(
+    f: RangeFn,
+    w: &Window,
+    q: f64,
+    t: i64,
+    scratch: &mut Vec<f64>,
+) -> Option<f64> {
     let s = w.samples;
     let values = || s.iter().map(|p| p.1);
     Some(match f {

@@ -11,6 +11,7 @@ mod eval;
 mod functions;
 mod names;
 mod plan;
+mod series_major;
 mod sources;
 #[cfg(test)]
 mod tests;

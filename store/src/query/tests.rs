@@ -839,6 +839,20 @@ mod prop {
         "count(m) + time()",
         "max_over_time(rate(m[1m])[2m:20s])",
         "sum_over_time(m[1m:7s] offset 10s)",
+        // Shapes the series-major path takes (series_major.rs) and their
+        // neighbours that it leaves to the generic one.
+        "sum(m)",
+        "avg by (k) (m offset 20s)",
+        "min without (k) ((m))",
+        "stddev(m @ 50)",
+        "count by (__name__) ({__name__=~\"m|n\"})",
+        "sum(rate({__name__=~\"m|n\"}[1m]))",
+        "max(quantile_over_time(0.3, m[1m]))",
+        "sum by (resource) (predict_linear(m[2m], 30))",
+        "group(last_over_time({__name__=~\"m|n\"}[1m]))",
+        "stdvar by (resource) (irate(m[1m] offset -10s))",
+        "quantile by (resource) (0.5, n)",
+        "max(avg_over_time(m[1m] @ 100))",
     ];
 
     fn series() -> impl Strategy<Value = Vec<SeriesData>> {
@@ -847,13 +861,14 @@ mod prop {
                 0..3usize,
                 0..2usize,
                 proptest::collection::vec((1i64..40, -5i32..20), 0..12),
+                0..2usize,
             ),
-            1..5,
+            1..6,
         )
         .prop_map(|specs| {
             specs
                 .into_iter()
-                .map(|(r, k, pts)| {
+                .map(|(r, k, pts, name)| {
                     let mut t = 0;
                     let pts: Vec<(i64, f64)> = pts
                         .into_iter()
@@ -862,7 +877,8 @@ mod prop {
                             (t, f64::from(v))
                         })
                         .collect();
-                    s(&format!("m{{resource=r{r},k={k}}}"), &pts)
+                    let name = ["m", "n"][name];
+                    s(&format!("{name}{{resource=r{r},k={k}}}"), &pts)
                 })
                 .collect()
         })
@@ -940,7 +956,7 @@ mod prop {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(512))]
         /// A range query equals the instant query at each of its steps.
         #[test]
         fn range_equals_instant_at_each_step(data in series(), q in 0..QUERIES.len(), start in 0i64..200, steps in 1i64..8, step in 1i64..40) {

@@ -95,9 +95,15 @@ impl<'a> Inner<'a> {
         mut add: impl FnMut(usize, f64),
     ) {
         let samples = &s.samples;
-        // The first sample after `at`, from `i` on (cursors only move
-        // forward: every step's reference time is at or after the last's).
-        let after = |i: usize, at: i64| i + samples[i..].partition_point(|p| p.0 <= at);
+        // The first sample after `at`, from `i` on: cursors only move
+        // forward (every step's reference time is at or after the last's),
+        // so all the steps together walk each sample once.
+        let after = |mut i: usize, at: i64| {
+            while samples.get(i).is_some_and(|p| p.0 <= at) {
+                i += 1;
+            }
+            i
+        };
         match self {
             Inner::Selector(vs) => {
                 let mut i = 0;

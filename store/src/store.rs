@@ -256,13 +256,41 @@ pub struct PartitionSource {
     partitions: Vec<Arc<Partition>>,
 }
 
+/// Selected series above which a select reads its partitions on every
+/// core: below it, handing work to other threads costs more than it saves
+/// (one 8 640-sample series read 2x slower that way).
+const PARALLEL_SELECT_SERIES: usize = 512;
+
 impl Source for PartitionSource {
+    /// Reads large selects on every core (rayon's pool): decoding chunks is
+    /// most of a large query's time, and partitions are independent. The
+    /// answer is in partition order, as a sequential read gives it.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesData> {
-        let mut out = Vec::new();
-        for p in &self.partitions {
-            p.select_into(matchers, start_ms, end_ms, &mut out);
+        use rayon::prelude::*;
+        if start_ms > end_ms {
+            return Vec::new();
         }
-        out
+        let matching: Vec<(Vec<u32>, u64)> = self
+            .partitions
+            .iter()
+            .map(|p| p.matching(matchers))
+            .collect();
+        let read = |(p, (ids, generation)): (&Arc<Partition>, &(Vec<u32>, u64))| {
+            let mut out = Vec::with_capacity(ids.len());
+            p.read_matching(matchers, ids, *generation, start_ms, end_ms, &mut out);
+            out
+        };
+        let series: usize = matching.iter().map(|(ids, _)| ids.len()).sum();
+        let parts: Vec<Vec<SeriesData>> = if series >= PARALLEL_SELECT_SERIES {
+            self.partitions
+                .par_iter()
+                .zip(&matching)
+                .map(read)
+                .collect()
+        } else {
+            self.partitions.iter().zip(&matching).map(read).collect()
+        };
+        parts.concat()
     }
 }
 
@@ -285,11 +313,28 @@ impl Partition {
         if start_ms > end_ms {
             return;
         }
+        let (ids, generation) = self.matching(matchers);
+        self.read_matching(matchers, &ids, generation, start_ms, end_ms, out);
+    }
+
+    /// The ids of the series `matchers` select, and the state generation
+    /// they belong to.
+    fn matching(&self, matchers: &[Matcher]) -> (Vec<u32>, u64) {
+        let state = self.state.read().expect("state lock");
+        (state.mem.select_ids(matchers), state.generation)
+    }
+
+    /// Reads the series `ids` of state `generation` (from [`Self::matching`]).
+    fn read_matching(
+        &self,
+        matchers: &[Matcher],
+        ids: &[u32],
+        generation: u64,
+        start_ms: i64,
+        end_ms: i64,
+        out: &mut Vec<SeriesData>,
+    ) {
         let mut runs = Runs::default();
-        let (ids, generation) = {
-            let state = self.state.read().expect("state lock");
-            (state.mem.select_ids(matchers), state.generation)
-        };
         // Read in slices of series, releasing the lock in between, so that a
         // large select never stalls ingest for long. Series ids stay valid
         // until the state is rebuilt (truncate_after): then read it all again

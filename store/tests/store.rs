@@ -553,6 +553,43 @@ fn large_selects_read_every_series_across_lock_slices() {
     assert_eq!(p.select(&[m], 0, 1000).len(), 100);
 }
 
+/// A select over many partitions and enough series to be read on every
+/// core answers what reading the partitions one after the other does, in
+/// the same order.
+#[test]
+fn a_parallel_select_answers_as_the_partitions_in_order() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let ids: Vec<PartitionId> = (0..8).map(PartitionId).collect();
+    for (k, &id) in ids.iter().enumerate() {
+        let mut b = batch::BatchBuilder::new();
+        for i in 0..150 {
+            b.push(
+                &format!("r{k}-{i:03}"),
+                "cpu",
+                &[],
+                i,
+                (k * 1000 + i as usize) as f64,
+            )
+            .unwrap();
+        }
+        let mut bytes = Vec::new();
+        b.encode(&mut bytes);
+        store
+            .create_partition(id)
+            .unwrap()
+            .append(Term(1), &bytes)
+            .unwrap();
+    }
+    let all = store.source(&ids).select(&[], 0, 1000);
+    assert_eq!(all.len(), 8 * 150, "above the parallel threshold");
+    let one_by_one: Vec<SeriesData> = ids
+        .iter()
+        .flat_map(|&id| store.partition(id).unwrap().select(&[], 0, 1000))
+        .collect();
+    assert_eq!(all, one_by_one);
+}
+
 /// A backend whose chunk-file writes wait at a gate: the test holds a seal
 /// in the middle of writing its file and acts meanwhile.
 struct GatedBackend {

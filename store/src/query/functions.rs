@@ -445,9 +445,18 @@ pub(crate) fn range_value(
         RangeFn::Irate => instant_value(s, true)?,
         RangeFn::Idelta => instant_value(s, false)?,
         RangeFn::Avg => {
-            let mut m = Mean::default();
-            values().for_each(|v| m.add(v));
-            m.value()
+            // Mean's direct Kahan sum, without its per-sample switch check:
+            // a finite total means it never switched (an infinite running
+            // sum never turns finite again); otherwise replay it exactly.
+            let (sum, c) = values().fold((0.0, 0.0), |(sum, c), v| kahan_inc(v, sum, c));
+            if sum.is_finite() {
+                let n = s.len() as f64;
+                sum / n + c / n
+            } else {
+                let mut m = Mean::default();
+                values().for_each(|v| m.add(v));
+                m.value()
+            }
         }
         RangeFn::Min => values().fold(s[0].1, |m, v| if v < m || m.is_nan() { v } else { m }),
         RangeFn::Max => values().fold(s[0].1, |m, v| if v > m || m.is_nan() { v } else { m }),

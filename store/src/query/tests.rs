@@ -402,6 +402,40 @@ fn out_of_range_number_durations_are_parse_errors() {
     }
 }
 
+/// avg_over_time sums directly while the sum stays finite and otherwise
+/// takes Prometheus' incremental mean, exactly as `Mean` does.
+#[test]
+fn avg_over_time_is_the_mean_with_and_without_overflow() {
+    let cases: [&[f64]; 5] = [
+        &[1.5, 2.25, -3.0, 7.0],
+        &[1e308, 1e308, -1e308],
+        &[f64::INFINITY, 1.0],
+        &[f64::INFINITY, f64::NEG_INFINITY],
+        &[1.0, f64::NAN, 2.0],
+    ];
+    for values in cases {
+        let points: Vec<(i64, f64)> = (1..).zip(values.iter().copied()).collect();
+        let source = VecSource::new(vec![s("m", &points)]);
+        let got = match instant_query(
+            &source,
+            "avg_over_time(m[1m])",
+            10_000,
+            &QueryOptions::default(),
+        ) {
+            Ok(Value::Vector(v)) => v[0].2,
+            other => panic!("{other:?}"),
+        };
+        let mut want = functions::Mean::default();
+        values.iter().for_each(|&v| want.add(v));
+        assert_eq!(
+            got.to_bits(),
+            want.value().to_bits(),
+            "{values:?}: {got} vs {}",
+            want.value()
+        );
+    }
+}
+
 #[test]
 fn aggregations() {
     let d = cpu();

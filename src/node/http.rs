@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value as Json};
-use store::query::{format_value, QueryError, QueryOptions, Value, VecSource};
+use store::query::{format_value, FetchedSource, QueryError, QueryOptions, Value};
 use store::{Labels, Matcher};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -192,25 +192,24 @@ fn success(data: Json, warnings: Vec<String>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Fetches what every selector of `expr` needs from the cluster, merged
-/// into one source (a series two selectors both fetched appears once).
+/// Fetches what every selector of `expr` needs from the cluster, once per
+/// distinct selection; the engine then takes the series over without a
+/// copy.
 async fn fetch(
     node: &Arc<Node>,
     expr: &str,
     start_ms: i64,
     end_ms: i64,
     opts: &QueryOptions,
-) -> Result<(VecSource, Vec<String>), ApiError> {
-    let selections = store::query::selectors(expr, start_ms, end_ms, opts)?;
-    let mut series = Vec::new();
+) -> Result<(FetchedSource, Vec<String>), ApiError> {
+    let mut source = FetchedSource::new(store::query::selectors(expr, start_ms, end_ms, opts)?);
     let mut warnings = BTreeSet::new();
-    for sel in selections {
+    for (i, sel) in source.selections().into_iter().enumerate() {
         let gathered = node.gather(&sel.matchers, sel.start_ms, sel.end_ms).await;
         warnings.extend(gathered.warnings());
-        series.extend(gathered.series);
+        source.fill(i, gathered.series);
     }
-    // Series that several selectors fetched are merged here.
-    Ok((VecSource::new(series), warnings.into_iter().collect()))
+    Ok((source, warnings.into_iter().collect()))
 }
 
 async fn query(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
@@ -275,7 +274,7 @@ async fn evaluate(
     expr: String,
     start: i64,
     end: i64,
-    eval: impl FnOnce(&VecSource, &str, &QueryOptions) -> Result<Value, QueryError> + Send + 'static,
+    eval: impl FnOnce(&FetchedSource, &str, &QueryOptions) -> Result<Value, QueryError> + Send + 'static,
 ) -> ApiResult {
     let opts = QueryOptions::default();
     let (source, warnings) = fetch(node, &expr, start, end, &opts).await?;

@@ -20,7 +20,7 @@ use crate::source::{Labels, SeriesData, Source};
 
 pub use aggregate::format_value;
 pub use plan::Selection;
-pub use sources::{UnionSource, VecSource};
+pub use sources::{FetchedSource, UnionSource, VecSource};
 
 /// Prometheus' maximum number of points per series in a range query.
 pub const MAX_POINTS_PER_SERIES: usize = 11_000;

@@ -887,6 +887,8 @@ mod prop {
         "stdvar by (resource) (irate(m[1m] offset -10s))",
         "quantile by (resource) (0.5, n)",
         "max(avg_over_time(m[1m] @ 100))",
+        // One selection asked for twice (FetchedSource copies, then moves).
+        "sum(m) / count(m)",
     ];
 
     fn series() -> impl Strategy<Value = Vec<SeriesData>> {
@@ -986,6 +988,30 @@ mod prop {
             let q = q.join(" ");
             let _ = instant_query(&source, &q, t * 1000, &QueryOptions::default());
             let _ = range_query(&source, &q, t * 1000, t * 1000 + 60_000, 15_000, &QueryOptions::default());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// A query over what was fetched for each of its selections (how a
+        /// node runs it, FetchedSource) answers as over all the data.
+        #[test]
+        fn fetched_selections_answer_as_the_whole_source(data in series(), q in 0..QUERIES.len(), start in 0i64..200, steps in 1i64..8, step in 1i64..40) {
+            let all = VecSource::new(data);
+            let o = QueryOptions::default();
+            let (start, step) = (start * 1000, step * 1000);
+            let end = start + (steps - 1) * step;
+            let fetched = |start, end| {
+                let mut f = FetchedSource::new(selectors(QUERIES[q], start, end, &o).unwrap());
+                for (i, sel) in f.selections().into_iter().enumerate() {
+                    f.fill(i, all.select(&sel.matchers, sel.start_ms, sel.end_ms));
+                }
+                f
+            };
+            let want = format!("{:?}", range_query(&all, QUERIES[q], start, end, step, &o));
+            prop_assert_eq!(format!("{:?}", range_query(&fetched(start, end), QUERIES[q], start, end, step, &o)), want);
+            let want = format!("{:?}", instant_query(&all, QUERIES[q], end, &o));
+            prop_assert_eq!(format!("{:?}", instant_query(&fetched(end, end), QUERIES[q], end, &o)), want);
         }
     }
 

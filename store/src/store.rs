@@ -290,7 +290,8 @@ impl Source for PartitionSource {
         } else {
             self.partitions.iter().zip(&matching).map(read).collect()
         };
-        parts.concat()
+        // Moved, not cloned as `concat` would.
+        parts.into_iter().flatten().collect()
     }
 }
 

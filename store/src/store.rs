@@ -258,7 +258,7 @@ pub struct PartitionSource {
 
 /// Selected series above which a select reads its partitions on every
 /// core: below it, handing work to other threads costs more than it saves
-/// (one 8 640-sample series read 2x slower that way).
+/// (one 8 640-sample series: 412 µs through the pool against 225 µs).
 const PARALLEL_SELECT_SERIES: usize = 512;
 
 impl Source for PartitionSource {

@@ -20,6 +20,14 @@ pub(crate) struct Series {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// `e` without the parentheses around it.
+pub(crate) fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
 /// One element of an instant vector: current labels, the same labels
 /// without `__name__`, and the value.
 #[derive(Clone, Debug)]
@@ -268,6 +276,7 @@ impl Ctx {
         }
     }
 
+    /// How far back an instant selector looks for a sample.
     pub fn lookback_ms(&self) -> i64 {
         self.lookback_ms
     }

@@ -2,7 +2,7 @@
 
 use promql_parser::parser::{Call, Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 
-use super::eval::{check_unique, Ctx, Elem, Val, Window};
+use super::eval::{check_unique, unparen, Ctx, Elem, Val, Window};
 use super::{QueryError, Result};
 use crate::source::{Labels, METRIC_LABEL};
 
@@ -303,10 +303,7 @@ fn absent(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Val> {
 /// `timestamp(v)`: a selected sample's own time in seconds; for any other
 /// expression, the evaluation time.
 fn timestamp(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
-    let mut e = arg(args, 0)?;
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
+    let e = unparen(arg(args, 0)?);
     if let Expr::VectorSelector(vs) = e {
         return Ok(ctx
             .newest_samples(vs, t)
@@ -367,10 +364,7 @@ enum RangeArg<'a> {
 }
 
 fn matrix_arg<'a>(args: &[&'a Expr], i: usize) -> Result<RangeArg<'a>> {
-    let mut e = arg(args, i)?;
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
+    let e = unparen(arg(args, i)?);
     match e {
         Expr::MatrixSelector(ms) => Ok(RangeArg::Selector(ms)),
         Expr::Subquery(sq) => Ok(RangeArg::Subquery(sq)),

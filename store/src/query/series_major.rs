@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use promql_parser::parser::{AggregateExpr, Expr, MatrixSelector, VectorSelector};
 
 use super::aggregate::{group_labels, op, Acc};
-use super::eval::{Ctx, Series, Window};
+use super::eval::{unparen, Ctx, Series, Window};
 use super::functions::{range_fn, range_value, RangeFn};
 use super::plan::{duration_ms, reference_ms};
 use crate::source::{Labels, SeriesData};
@@ -34,13 +34,6 @@ enum Inner<'a> {
         ms: &'a MatrixSelector,
         q: f64,
     },
-}
-
-fn unparen(mut e: &Expr) -> &Expr {
-    while let Expr::Paren(p) = e {
-        e = &p.expr;
-    }
-    e
 }
 
 impl<'a> Inner<'a> {

@@ -402,6 +402,23 @@ fn out_of_range_number_durations_are_parse_errors() {
     }
 }
 
+/// A FetchedSource asked for a selection it was not filled for answers
+/// from what it still holds, as a VecSource over it would.
+#[test]
+fn fetched_source_answers_an_unlisted_selection_from_what_it_holds() {
+    let data = vec![
+        s("m{resource=a}", &[(0, 1.0), (30, 2.0)]),
+        s("m{resource=b}", &[(10, 3.0)]),
+    ];
+    let listed = selectors("m", 0, 60_000, &QueryOptions::default()).unwrap();
+    let mut f = FetchedSource::new(listed);
+    f.fill(0, data.clone());
+    let only_a = [crate::Matcher::new("resource", crate::MatchOp::Equal, "a").unwrap()];
+    let want = VecSource::new(data).select(&only_a, 0, 20_000);
+    assert_eq!(want.len(), 1);
+    assert_eq!(f.select(&only_a, 0, 20_000), want);
+}
+
 /// avg_over_time sums directly while the sum stays finite and otherwise
 /// takes Prometheus' incremental mean, exactly as `Mean` does.
 #[test]

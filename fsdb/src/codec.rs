@@ -181,12 +181,20 @@ impl<'a> BitReader<'a> {
         word << (self.pos % 8)
     }
 
+    /// The next 64 bits from `pos`, at least 57 of them real, while 8 bytes
+    /// remain from its byte: one load, no zero fill.
+    #[inline(always)]
+    fn peek_within(&self) -> Option<u64> {
+        let byte = (self.pos / 8) as usize;
+        let word = self.data.get(byte..byte + 8)?;
+        Some(u64::from_be_bytes(word.try_into().expect("8 bytes")) << (self.pos % 8))
+    }
+
     /// Reads `n <= 64` bits, or `None` when fewer remain.
+    #[inline]
     fn read(&mut self, n: u32) -> Option<u64> {
         if n > 56 {
-            let high = self.read(n - 32)?;
-            let low = self.read(32)?;
-            return Some((high << 32) | low);
+            return self.read_wide(n);
         }
         if u64::from(n) > self.remaining() {
             return None;
@@ -197,6 +205,13 @@ impl<'a> BitReader<'a> {
         let bits = self.peek() >> (64 - n);
         self.pos += u64::from(n);
         Some(bits)
+    }
+
+    #[cold]
+    fn read_wide(&mut self, n: u32) -> Option<u64> {
+        let high = self.read(n - 32)?;
+        let low = self.read(32)?;
+        Some((high << 32) | low)
     }
 
     fn bit(&mut self) -> Option<bool> {
@@ -879,10 +894,10 @@ fn max_samples(body_bits: u64) -> u64 {
 /// Decodes a whole chunk, appending its samples to `out`. On an error, `out`
 /// keeps the samples decoded before it.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
-    let iter = decode(bytes)?;
+    let mut iter = decode(bytes)?;
     out.reserve(iter.count as usize);
-    for sample in iter {
-        out.push(sample?);
+    while iter.index < iter.count {
+        out.push(iter.next_sample()?);
     }
     Ok(())
 }
@@ -920,7 +935,52 @@ impl ChunkIter<'_> {
         }
     }
 
+    #[inline]
     fn next_sample(&mut self) -> Result<(i64, f64)> {
+        match self.next_common() {
+            Some(sample) => Ok(sample),
+            None => self.next_any(),
+        }
+    }
+
+    /// The common sample from one load: sample code 0 (the same interval,
+    /// and the value at the current packing, or the same float again), not
+    /// the first or last sample nor in a run, away from the chunk's last
+    /// 8 bytes. `None` leaves the sample to [`Self::next_any`], which
+    /// decodes it alike.
+    #[inline(always)]
+    fn next_common(&mut self) -> Option<(i64, f64)> {
+        if self.index == 0 || self.run_left > 0 || self.index + 1 >= self.count {
+            return None;
+        }
+        let word = self.reader.peek_within()?;
+        if word >> 63 != 0 {
+            return None;
+        }
+        let s = &mut self.value;
+        let value = if s.float_mode {
+            self.reader.pos += 1;
+            f64::from_bits(s.prev_bits)
+        } else {
+            let width = u32::from(s.packing.width);
+            // The word holds at least 57 real bits: the code and the payload.
+            if width > 56 {
+                return None;
+            }
+            // The code bit is 0, so the top 1 + width bits are the payload.
+            let payload = word >> (63 - width);
+            self.reader.pos += u64::from(1 + width);
+            apply_payload(s, payload)
+        };
+        let ts = self.last_ts.wrapping_add(self.ts_delta);
+        self.last_ts = ts;
+        s.prev_bits = value.to_bits();
+        self.index += 1;
+        Some((ts, value))
+    }
+
+    #[inline(never)]
+    fn next_any(&mut self) -> Result<(i64, f64)> {
         let (ts, value) = if self.index == 0 {
             let ts = self.reader.read(64).ok_or_else(|| self.truncated())? as i64;
             (ts, self.value_sample()?)
@@ -1061,6 +1121,7 @@ fn apply_repeat(s: &mut ValueState) {
     }
 }
 
+#[inline]
 fn apply_payload(s: &mut ValueState, payload: u64) -> f64 {
     let delta = s.packing.delta(payload, s.scaled_delta);
     s.scaled = s.scaled.wrapping_add(delta);

@@ -397,8 +397,37 @@ fn config() -> ProptestConfig {
     }
 }
 
+/// Decodes as `decode_into` does, every sample through the general path.
+fn decoded_generally(bytes: &[u8]) -> (Vec<(i64, u64)>, Result<()>) {
+    let mut out = Vec::new();
+    let result = decode(bytes).and_then(|mut iter| {
+        while iter.index < iter.count {
+            let (ts, v) = iter.next_any()?;
+            out.push((ts, v.to_bits()));
+        }
+        Ok(())
+    });
+    (out, result)
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn the_one_load_path_decodes_as_the_general_one(
+        samples in any_samples(),
+        count in 0u32..300,
+        body in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut random = vec![FORMAT_VERSION];
+        random.extend_from_slice(&count.to_le_bytes());
+        random.extend_from_slice(&body);
+        for bytes in [encode(&samples).bytes(), &random] {
+            let mut out = Vec::new();
+            let result = decode_into(bytes, &mut out);
+            prop_assert_eq!((bits_of(&out), result), decoded_generally(bytes));
+        }
+    }
 
     #[test]
     fn round_trips_any_samples(samples in any_samples()) {

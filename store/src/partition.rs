@@ -35,7 +35,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::batch::{self, BatchBuilder};
 use crate::error::{Error, Result};
-use crate::head::{parts_bytes, read_parts, Runs, SealedRef};
+use crate::head::{parts_bytes, parts_len, read_parts, Runs, SealedRef};
 use crate::memory::{Memory, WriteCounts};
 use crate::series::KeyRef;
 use crate::PartitionId;
@@ -114,10 +114,18 @@ impl Sealing {
         }
     }
 
+    /// Samples of series `id`.
+    fn len_of(&self, id: u32) -> usize {
+        match self.series.binary_search_by_key(&id, |s| s.0) {
+            Ok(i) => parts_len(&self.series[i].1, self.series[i].2.as_deref()),
+            Err(_) => 0,
+        }
+    }
+
     fn samples(&self) -> usize {
         self.series
             .iter()
-            .map(|(_, h, o)| h.len() + o.as_ref().map_or(0, |o| o.len()))
+            .map(|(_, h, o)| parts_len(h, o.as_deref()))
             .sum()
     }
 
@@ -630,12 +638,25 @@ impl State {
     pub fn read_series(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
         runs.clear();
         let s = &self.mem.series[id as usize];
-        for r in &self.mem.sealed[id as usize] {
-            if r.max_ts < start || r.min_ts > end {
-                continue;
-            }
-            let file = &self.files[r.file as usize];
-            for chunk in file.read(self.mem.key(s), start, end) {
+        let key = self.mem.key(s);
+        let files = || {
+            self.mem.sealed[id as usize]
+                .iter()
+                .filter(|r| r.max_ts >= start && r.min_ts <= end)
+                .map(|r| &self.files[r.file as usize])
+        };
+        // One allocation for the whole read, sized from the chunk index and
+        // the in-memory parts: growing it as each part is decoded copies
+        // the samples again, into fresh pages.
+        let sealed: usize = files()
+            .flat_map(|f| f.lookup(key, start, end))
+            .map(|m| m.count as usize)
+            .sum();
+        let sealing = self.sealing.as_ref().map_or(0, |x| x.len_of(id));
+        runs.samples
+            .reserve_exact(sealed + sealing + s.unsealed_len());
+        for file in files() {
+            for chunk in file.read(key, start, end) {
                 runs.begin();
                 let ok = chunk.ok().is_some_and(|(_, bytes)| {
                     fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok()

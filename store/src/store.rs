@@ -368,8 +368,7 @@ fn read_ids(
     for &id in ids {
         let s = &state.mem.series[id as usize];
         state.read_series(id, start_ms, end_ms, runs);
-        let samples = runs.finish();
-        if samples.is_empty() {
+        if runs.finish().is_empty() {
             continue;
         }
         let Ok(key) = KeyRef::parse(state.mem.key(s)) else {
@@ -377,7 +376,7 @@ fn read_ids(
         };
         out.push(SeriesData {
             labels: key.labels(),
-            samples: samples.to_vec(),
+            samples: runs.take(),
         });
     }
 }

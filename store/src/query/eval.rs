@@ -174,6 +174,25 @@ impl Ctx {
         })
     }
 
+    /// A query's answer at `t`. A bare range selector, the raw read of a
+    /// series, moves its samples out of the loaded data instead of copying
+    /// them.
+    pub fn into_instant(mut self, ast: &Expr, t: i64) -> Result<Value> {
+        let Expr::MatrixSelector(ms) = unparen(ast) else {
+            return self.instant(ast, t);
+        };
+        let range_ms = duration_ms(&ms.range);
+        let end = reference_ms(&ms.vs, t, self.start_ms, self.end_ms);
+        let start = end.saturating_sub(range_ms);
+        let series = self.data.remove(&key(&ms.vs)).unwrap_or_default();
+        Ok(Self::matrix(series.into_iter().filter_map(|s| {
+            let mut samples = s.samples;
+            samples.truncate(samples.partition_point(|p| p.0 <= end));
+            samples.drain(..samples.partition_point(|p| p.0 <= start));
+            (!samples.is_empty()).then_some((s.labels, samples))
+        })))
+    }
+
     pub fn instant(&self, ast: &Expr, t: i64) -> Result<Value> {
         Ok(match self.eval(ast, t)? {
             Val::Scalar(v) => Value::Scalar(t, v),
@@ -183,18 +202,21 @@ impl Ctx {
                     .map(|e| (Arc::unwrap_or_clone(e.labels), t, e.value))
                     .collect(),
             ),
-            Val::Matrix(m) => {
-                let mut out: Vec<SeriesData> = m
-                    .into_iter()
-                    .map(|(labels, samples)| SeriesData {
-                        labels: Arc::unwrap_or_clone(labels),
-                        samples,
-                    })
-                    .collect();
-                out.sort_by(|a, b| a.labels.cmp(&b.labels));
-                Value::Matrix(out)
-            }
+            Val::Matrix(m) => Self::matrix(m),
         })
+    }
+
+    /// A range vector as an answer, sorted by labels.
+    fn matrix(m: impl IntoIterator<Item = RangeSeries>) -> Value {
+        let mut out: Vec<SeriesData> = m
+            .into_iter()
+            .map(|(labels, samples)| SeriesData {
+                labels: Arc::unwrap_or_clone(labels),
+                samples,
+            })
+            .collect();
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Value::Matrix(out)
     }
 
     pub fn range(&self, ast: &Expr, start_ms: i64, step_ms: i64, points: usize) -> Result<Value> {

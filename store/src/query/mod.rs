@@ -138,7 +138,7 @@ pub fn instant_query(
 ) -> Result<Value> {
     let ast = parse(expr)?;
     let ctx = eval::Ctx::load(source, &ast, time_ms, time_ms, opts)?;
-    ctx.instant(&ast, time_ms)
+    ctx.into_instant(&ast, time_ms)
 }
 
 /// Evaluates `expr` at `start_ms + k * step_ms` up to `end_ms` and returns a

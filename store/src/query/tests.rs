@@ -132,6 +132,45 @@ fn selectors_lookback_offset_and_at() {
 }
 
 #[test]
+fn a_moved_range_selector_answers_as_a_copied_one() {
+    let d = [
+        s(
+            "m{resource=a}",
+            &[(0, 1.0), (60, 2.0), (120, 3.0), (180, 4.0)],
+        ),
+        s("m{resource=b}", &[(30, 5.0), (200, 6.0)]),
+        s("n{resource=a}", &[(60, 7.0)]),
+    ];
+    /// Answers with every sample, whatever the range asked: a source may
+    /// hold more than a selection (as a `FetchedSource` does).
+    struct Unbounded(VecSource);
+    impl crate::Source for Unbounded {
+        fn select(&self, m: &[crate::Matcher], _: i64, _: i64) -> Vec<SeriesData> {
+            self.0.select(m, i64::MIN, i64::MAX)
+        }
+    }
+    let source = Unbounded(VecSource::new(d.to_vec()));
+    let o = QueryOptions::default();
+    for q in [
+        "m[1m]",
+        "((m[2m]))",
+        "m[90s] offset 1m",
+        "m[3m] @ 200",
+        "{resource=\"a\"}[10m]",
+        "m{resource=\"c\"}[1m]",
+    ] {
+        for t in [0, 60, 119, 120, 121, 200, 500] {
+            let t = t * 1000;
+            let ast = super::parse(q).unwrap();
+            let copied = super::eval::Ctx::load(&source, &ast, t, t, &o)
+                .and_then(|ctx| ctx.instant(&ast, t));
+            let moved = instant_query(&source, q, t, &o);
+            assert_eq!(format!("{moved:?}"), format!("{copied:?}"), "{q} at {t} ms");
+        }
+    }
+}
+
+#[test]
 fn dotted_metric_names() {
     let d = [s("load.shortterm{resource=web01}", &[(10, 0.5)])];
     check(

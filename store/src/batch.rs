@@ -456,8 +456,27 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// A varint of up to 8 bytes (56 bits: every timestamp delta and count of
+/// a batch) from one load, its 7-bit groups gathered in three steps; longer
+/// ones, and the last 7 bytes of a slice, byte by byte.
 #[inline]
 fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    if let Some(word) = bytes.get(..8) {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends != 0 {
+            let len = ends.trailing_zeros() / 8 + 1;
+            let x = (word & (u64::MAX >> (64 - 8 * len))) & 0x7f7f_7f7f_7f7f_7f7f;
+            let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+            let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+            let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+            return Some((x, len as usize));
+        }
+    }
+    get_varint_bytewise(bytes)
+}
+
+fn get_varint_bytewise(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         if i == 9 && b > 1 {
@@ -475,6 +494,23 @@ fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn varints_read_from_one_load_as_byte_by_byte(
+            v in prop_oneof![any::<u64>(), 0u64..1 << 14, (0u64..1 << 56).prop_map(|v| v | 1 << 48)],
+            junk in any::<[u8; 12]>(),
+            raw in any::<[u8; 12]>(),
+        ) {
+            let mut bytes = Vec::new();
+            put_varint(&mut bytes, v);
+            let used = bytes.len();
+            bytes.extend_from_slice(&junk);
+            prop_assert_eq!(get_varint(&bytes), Some((v, used)));
+            prop_assert_eq!(get_varint(&bytes[..used]), Some((v, used)));
+            prop_assert_eq!(get_varint(&raw), get_varint_bytewise(&raw));
+        }
+    }
 
     type Owned = Vec<(SeriesKey, Vec<(i64, f64)>)>;
 

@@ -107,6 +107,42 @@ pub struct SeriesData {
     pub samples: Vec<(i64, f64)>,
 }
 
+/// Sorts series by labels, stably. Large sets (a query over a whole node
+/// gathers hundreds of thousands of series) are sorted by one byte string
+/// per series, compared with one `memcmp`: each name and value followed by
+/// a 0 byte orders as the labels do, as long as no string holds a 0 byte.
+pub fn sort_by_labels(series: &mut Vec<SeriesData>) {
+    const KEYED_FROM: usize = 64;
+    if series.is_sorted_by(|a, b| a.labels <= b.labels) {
+        return;
+    }
+    let has_zero = |s: &SeriesData| {
+        s.labels
+            .iter()
+            .any(|(n, v)| n.contains('\0') || v.contains('\0'))
+    };
+    if series.len() < KEYED_FROM || series.iter().any(has_zero) {
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        return;
+    }
+    let mut keys = Vec::new();
+    let mut ends = Vec::with_capacity(series.len());
+    for s in series.iter() {
+        for (n, v) in s.labels.iter() {
+            keys.extend_from_slice(n.as_bytes());
+            keys.push(0);
+            keys.extend_from_slice(v.as_bytes());
+            keys.push(0);
+        }
+        ends.push(keys.len());
+    }
+    let key = |i: usize| &keys[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_by(|&a, &b| key(a).cmp(key(b)));
+    let mut slots: Vec<Option<SeriesData>> = std::mem::take(series).into_iter().map(Some).collect();
+    series.extend(order.into_iter().filter_map(|i| slots[i].take()));
+}
+
 /// Where the query engine reads samples from.
 pub trait Source: Sync {
     /// Every series matching all `matchers` that has at least one sample in
@@ -125,6 +161,40 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sorting_by_keys_orders_as_the_labels(
+            sets in proptest::collection::vec(
+                proptest::collection::vec(("[ab_]{0,2}", "[ab\\x00]{0,3}"), 0..3),
+                0..150,
+            ),
+            zero_free in proptest::bool::ANY,
+        ) {
+            // Few distinct strings: equal labels, prefixes and missing
+            // pairs are common; the index in `samples` shows stability.
+            let mut series: Vec<SeriesData> = sets
+                .iter()
+                .enumerate()
+                .map(|(i, pairs)| SeriesData {
+                    labels: Labels::new(
+                        pairs
+                            .iter()
+                            .map(|(n, v): &(String, String)| {
+                                let v = if zero_free { v.replace('\0', "z") } else { v.clone() };
+                                (n.clone(), v)
+                            })
+                            .collect(),
+                    ),
+                    samples: vec![(i as i64, 0.0)],
+                })
+                .collect();
+            let mut want = series.clone();
+            want.sort_by(|a, b| a.labels.cmp(&b.labels));
+            sort_by_labels(&mut series);
+            proptest::prop_assert_eq!(series, want);
+        }
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl Ctx {
                 samples,
             })
             .collect();
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        crate::source::sort_by_labels(&mut out);
         Value::Matrix(out)
     }
 
@@ -256,7 +256,7 @@ impl Ctx {
                 samples,
             })
             .collect();
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        crate::source::sort_by_labels(&mut series);
         Ok(Value::Matrix(series))
     }
 
@@ -433,9 +433,7 @@ fn select_groups(
     if let [only] = groups {
         // Sources usually answer in label order; sort only when not.
         let mut selected = source.select(only, start_ms, end_ms);
-        if !selected.is_sorted_by(|a, b| a.labels <= b.labels) {
-            selected.sort_by(|a, b| a.labels.cmp(&b.labels));
-        }
+        crate::source::sort_by_labels(&mut selected);
         return selected;
     }
     let mut merged = BTreeMap::new();

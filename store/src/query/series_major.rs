@@ -162,24 +162,37 @@ pub(crate) fn range(
     let series = inner.series(ctx);
     // Two series whose elements carry the same labels make the generic
     // evaluator fail at the steps where both have one; leave that to it.
-    let mut seen = HashSet::with_capacity(series.len());
-    if !series.iter().all(|s| seen.insert(inner.labels(s))) {
-        return None;
+    // Labels in strictly increasing order (a selector's series, as loaded)
+    // are distinct without hashing them.
+    let increasing = series
+        .windows(2)
+        .all(|w| inner.labels(&w[0]) < inner.labels(&w[1]));
+    if !increasing {
+        let mut seen = HashSet::with_capacity(series.len());
+        if !series.iter().all(|s| seen.insert(inner.labels(s))) {
+            return None;
+        }
     }
-    drop(seen);
 
-    let mut index: HashMap<Labels, usize> = HashMap::new();
-    let mut groups: Vec<Labels> = Vec::new();
-    let group_of: Vec<usize> = series
-        .iter()
-        .map(|s| {
-            let key = group_labels(inner.labels(s), modifier.as_ref());
-            *index.entry(key).or_insert_with_key(|key| {
-                groups.push(key.clone());
-                groups.len() - 1
-            })
-        })
-        .collect();
+    let (groups, group_of) = match modifier {
+        // Everything in one group.
+        None => (vec![Labels::default()], vec![0; series.len()]),
+        Some(modifier) => {
+            let mut index: HashMap<Labels, usize> = HashMap::new();
+            let mut groups: Vec<Labels> = Vec::new();
+            let group_of: Vec<usize> = series
+                .iter()
+                .map(|s| {
+                    let key = group_labels(inner.labels(s), Some(modifier));
+                    *index.entry(key).or_insert_with_key(|key| {
+                        groups.push(key.clone());
+                        groups.len() - 1
+                    })
+                })
+                .collect();
+            (groups, group_of)
+        }
+    };
     let cells = groups.len().checked_mul(points)?;
     if cells > MAX_CELLS {
         return None;
@@ -206,7 +219,7 @@ pub(crate) fn range(
             (!samples.is_empty()).then_some(SeriesData { labels, samples })
         })
         .collect();
-    out.sort_by(|a, b| a.labels.cmp(&b.labels));
+    crate::source::sort_by_labels(&mut out);
     Some(out)
 }
 

@@ -88,7 +88,7 @@ impl Source for UnionSource<'_> {
 /// timestamp the later sample wins (as a retried write overwrites).
 fn sorted_merged(mut series: Vec<SeriesData>) -> Vec<SeriesData> {
     // Stable: series with equal labels stay in input order.
-    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+    crate::source::sort_by_labels(&mut series);
     let mut merged: Vec<SeriesData> = Vec::with_capacity(series.len());
     for mut s in series {
         match merged.last_mut() {

@@ -107,19 +107,23 @@ impl Sealing {
         &self.keys[from..self.key_ends[i]]
     }
 
+    /// The head chunk and overlay of series `id`, if it is being sealed.
+    fn parts(&self, id: u32) -> Option<(&ChunkEncoder, Option<&BTreeMap<i64, f64>>)> {
+        let i = self.series.binary_search_by_key(&id, |s| s.0).ok()?;
+        let (_, head, overlay) = &self.series[i];
+        Some((head, overlay.as_deref()))
+    }
+
     fn read(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
-        if let Ok(i) = self.series.binary_search_by_key(&id, |s| s.0) {
-            let (_, head, overlay) = &self.series[i];
-            read_parts(head, overlay.as_deref(), start, end, runs);
+        if let Some((head, overlay)) = self.parts(id) {
+            read_parts(head, overlay, start, end, runs);
         }
     }
 
     /// Samples of series `id`.
     fn len_of(&self, id: u32) -> usize {
-        match self.series.binary_search_by_key(&id, |s| s.0) {
-            Ok(i) => parts_len(&self.series[i].1, self.series[i].2.as_deref()),
-            Err(_) => 0,
-        }
+        self.parts(id)
+            .map_or(0, |(head, overlay)| parts_len(head, overlay))
     }
 
     fn samples(&self) -> usize {

@@ -249,15 +249,7 @@ impl Ctx {
                 }
             }
         }
-        let mut series: Vec<SeriesData> = out
-            .into_iter()
-            .map(|(labels, samples)| SeriesData {
-                labels: Arc::unwrap_or_clone(labels),
-                samples,
-            })
-            .collect();
-        crate::source::sort_by_labels(&mut series);
-        Ok(Value::Matrix(series))
+        Ok(Self::matrix(out))
     }
 
     pub fn eval(&self, e: &Expr, t: i64) -> Result<Val> {

@@ -9,7 +9,7 @@ use super::functions::{kahan_inc, quantile, Mean};
 use super::{QueryError, Result};
 use crate::source::{Labels, METRIC_LABEL};
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Op {
     Sum,
     Avg,
@@ -26,6 +26,15 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    pub fn from_u8(b: u8) -> Option<Op> {
+        use Op::*;
+        [
+            Sum, Avg, Min, Max, Count, Group, Stddev, Stdvar, Quantile, Topk, Bottomk, CountValues,
+        ]
+        .into_iter()
+        .find(|op| *op as u8 == b)
+    }
+
     /// Folds values one by one into an [`Acc`], with no parameter.
     pub fn folds(self) -> bool {
         !matches!(
@@ -94,6 +103,79 @@ impl Acc {
             }
             Op::Count | Op::Group | Op::Quantile | Op::Topk | Op::Bottomk | Op::CountValues => {}
         }
+    }
+
+    /// Folds in what `other` folded from other values, as if they had been
+    /// added here (up to rounding: the order of additions differs).
+    pub fn merge(&mut self, op: Op, other: &Acc) {
+        if other.count == 0.0 {
+            return;
+        }
+        if self.count == 0.0 {
+            *self = *other;
+            return;
+        }
+        match op {
+            Op::Sum => {
+                (self.value, self.kahan) = kahan_inc(other.value, self.value, self.kahan);
+                self.kahan += other.kahan;
+            }
+            Op::Avg => self.mean.merge(&other.mean),
+            Op::Min => {
+                if self.value > other.value || self.value.is_nan() {
+                    self.value = other.value;
+                }
+            }
+            Op::Max => {
+                if self.value < other.value || self.value.is_nan() {
+                    self.value = other.value;
+                }
+            }
+            // Chan et al.'s pairwise update of Welford's running sums.
+            Op::Stddev | Op::Stdvar => {
+                let n = self.count + other.count;
+                let delta = other.welford_mean - self.welford_mean;
+                self.welford_mean += delta * other.count / n;
+                self.value += other.value + delta * delta * self.count * other.count / n;
+            }
+            Op::Count | Op::Group | Op::Quantile | Op::Topk | Op::Bottomk | Op::CountValues => {}
+        }
+        self.count += other.count;
+    }
+
+    /// The state `op` needs, for [`Acc::decode`] on another node.
+    pub fn encode(&self, op: Op, out: &mut Vec<u8>) {
+        let fields: &[f64] = match op {
+            Op::Sum => &[self.count, self.value, self.kahan],
+            Op::Avg => &self.mean.fields(),
+            Op::Min | Op::Max => &[self.count, self.value],
+            Op::Stddev | Op::Stdvar => &[self.count, self.value, self.welford_mean],
+            _ => &[self.count],
+        };
+        for f in fields {
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+    }
+
+    /// Reads what [`Acc::encode`] wrote for `op` from the front of `buf`.
+    pub fn decode(op: Op, buf: &mut &[u8]) -> Option<Acc> {
+        let mut f = || -> Option<f64> {
+            let (head, rest) = buf.split_first_chunk::<8>()?;
+            *buf = rest;
+            Some(f64::from_le_bytes(*head))
+        };
+        let mut acc = Acc::default();
+        match op {
+            Op::Sum => (acc.count, acc.value, acc.kahan) = (f()?, f()?, f()?),
+            Op::Avg => {
+                acc.mean = Mean::from_fields([f()?, f()?, f()?, f()?, f()?]);
+                acc.count = acc.mean.count();
+            }
+            Op::Min | Op::Max => (acc.count, acc.value) = (f()?, f()?),
+            Op::Stddev | Op::Stdvar => (acc.count, acc.value, acc.welford_mean) = (f()?, f()?, f()?),
+            _ => acc.count = f()?,
+        }
+        Some(acc)
     }
 
     /// Values added so far.

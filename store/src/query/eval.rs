@@ -9,6 +9,7 @@ use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 use regex::Regex;
 
 use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
+use super::fold::{self, Folded};
 use super::{aggregate, binary, functions, series_major, QueryError, QueryOptions, Result, Value};
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 
@@ -117,6 +118,9 @@ pub(crate) struct SubqueryResult {
 pub(crate) struct Ctx {
     max_subquery_points: usize,
     data: HashMap<usize, Vec<Series>>,
+    /// The answers of the aggregations the nodes folded, by their address
+    /// in the AST: each group's values at the query's steps.
+    folded: HashMap<usize, Vec<SeriesData>>,
     /// Regexes of function arguments, compiled once per query, not per step.
     regexes: RefCell<HashMap<String, Regex>>,
     pub start_ms: i64,
@@ -133,9 +137,38 @@ impl Ctx {
         end_ms: i64,
         opts: &QueryOptions,
     ) -> Result<Ctx> {
+        Ctx::load_folded(source, ast, start_ms, end_ms, opts, Folded::new())
+    }
+
+    /// [`Ctx::load`] but for the aggregations in `folded`, whose answers
+    /// are taken from their partials instead.
+    pub fn load_folded(
+        source: &dyn Source,
+        ast: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        opts: &QueryOptions,
+        folded: Folded,
+    ) -> Result<Ctx> {
+        let skip = fold::folded_keys(ast, &folded)?;
+        let foldable = fold::foldable(ast);
+        let folded = folded
+            .into_iter()
+            .map(|(i, p)| {
+                let e = foldable[i];
+                let op = series_major::Fold::of(e).map(|f| f.op());
+                if op != Some(p.op) || p.start_ms != start_ms {
+                    return Err(QueryError::Execution(format!(
+                        "aggregation {i} was folded as {:?} from {} ms, not as the query's {op:?} from {start_ms} ms",
+                        p.op, p.start_ms
+                    )));
+                }
+                Ok((fold::key(e), p.finish()))
+            })
+            .collect::<Result<_>>()?;
         let mut data = HashMap::new();
         let (mut series_total, mut samples_total) = (0usize, 0usize);
-        for p in plan::plan(ast, start_ms, end_ms, opts.lookback_ms)? {
+        for p in plan::plan(ast, start_ms, end_ms, opts.lookback_ms, &skip)? {
             let selected = select_groups(source, &p.groups, p.start_ms, p.end_ms);
             series_total += selected.len();
             if series_total > opts.max_series {
@@ -167,6 +200,7 @@ impl Ctx {
         Ok(Ctx {
             max_subquery_points: opts.max_points_per_series,
             data,
+            folded,
             regexes: RefCell::default(),
             start_ms,
             end_ms,
@@ -226,6 +260,9 @@ impl Ctx {
                 "invalid expression type {vt} for range query, must be scalar or instant vector"
             )));
         }
+        if let Some(m) = self.folded.get(&fold::key(unparen(ast))) {
+            return Ok(Value::Matrix(m.clone()));
+        }
         if let Some(m) = series_major::range(self, ast, start_ms, step_ms, points) {
             return Ok(Value::Matrix(m));
         }
@@ -275,6 +312,9 @@ impl Ctx {
                     .collect(),
             )),
             Expr::Call(c) => functions::call(self, c, t),
+            Expr::Aggregate(_) if self.folded.contains_key(&fold::key(e)) => {
+                Ok(Val::Vector(self.folded_at(e, t)))
+            }
             Expr::Aggregate(a) => aggregate::aggregate(self, a, t),
             Expr::Binary(b) => binary::binary(self, b, t),
             Expr::Subquery(sq) => Ok(Val::Matrix(
@@ -288,6 +328,19 @@ impl Ctx {
                 "extension expressions are not supported".into(),
             )),
         }
+    }
+
+    /// A folded aggregation's elements at step `t`.
+    fn folded_at(&self, e: &Expr, t: i64) -> Vec<Elem> {
+        let groups = self.folded.get(&fold::key(e)).map(Vec::as_slice);
+        groups
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|g| {
+                let i = g.samples.binary_search_by_key(&t, |p| p.0).ok()?;
+                Some(Elem::new(g.labels.clone(), g.samples[i].1))
+            })
+            .collect()
     }
 
     /// How far back an instant selector looks for a sample.

@@ -47,6 +47,54 @@ impl Mean {
         (self.mean, self.c) = kahan_inc(v / self.count, q * self.mean, q * self.c);
     }
 
+    /// Folds in another mean of other values: their Kahan sums while the
+    /// total does not overflow, then the two means weighted by their counts.
+    pub fn merge(&mut self, other: &Mean) {
+        if other.count == 0.0 {
+            return;
+        }
+        if self.count == 0.0 {
+            *self = *other;
+            return;
+        }
+        let count = self.count + other.count;
+        if !self.incremental && !other.incremental {
+            let (sum, c) = kahan_inc(other.sum, self.sum, self.c);
+            if !sum.is_infinite() {
+                (self.count, self.sum, self.c) = (count, sum, c + other.c);
+                return;
+            }
+        }
+        let mean = self.value() * (self.count / count) + other.value() * (other.count / count);
+        *self = Mean {
+            count,
+            sum: 0.0,
+            c: 0.0,
+            mean,
+            incremental: true,
+        };
+    }
+
+    pub fn count(&self) -> f64 {
+        self.count
+    }
+
+    /// The state as plain numbers, for [`Mean::from_fields`].
+    pub fn fields(&self) -> [f64; 5] {
+        let incremental = if self.incremental { 1.0 } else { 0.0 };
+        [self.count, self.sum, self.c, self.mean, incremental]
+    }
+
+    pub fn from_fields([count, sum, c, mean, incremental]: [f64; 5]) -> Mean {
+        Mean {
+            count,
+            sum,
+            c,
+            mean,
+            incremental: incremental != 0.0,
+        }
+    }
+
     pub fn value(&self) -> f64 {
         if self.incremental {
             self.mean + self.c

@@ -8,6 +8,7 @@
 mod aggregate;
 mod binary;
 mod eval;
+mod fold;
 mod functions;
 mod names;
 mod plan;
@@ -19,7 +20,9 @@ mod tests;
 use crate::source::{Labels, SeriesData, Source};
 
 pub use aggregate::format_value;
+pub use fold::{foldable_count, FoldPlan, Folded};
 pub use plan::Selection;
+pub use series_major::Partial;
 pub use sources::{FetchedSource, UnionSource, VecSource};
 
 /// Prometheus' maximum number of points per series in a range query.
@@ -136,8 +139,21 @@ pub fn instant_query(
     time_ms: i64,
     opts: &QueryOptions,
 ) -> Result<Value> {
+    instant_query_folded(source, expr, time_ms, opts, Folded::new())
+}
+
+/// [`instant_query`] with the aggregations in `folded` already folded by
+/// the nodes (with [`FoldPlan`] at `time_ms`, one step): `source` need not
+/// hold their data.
+pub fn instant_query_folded(
+    source: &dyn Source,
+    expr: &str,
+    time_ms: i64,
+    opts: &QueryOptions,
+    folded: Folded,
+) -> Result<Value> {
     let ast = parse(expr)?;
-    let ctx = eval::Ctx::load(source, &ast, time_ms, time_ms, opts)?;
+    let ctx = eval::Ctx::load_folded(source, &ast, time_ms, time_ms, opts, folded)?;
     ctx.into_instant(&ast, time_ms)
 }
 
@@ -151,9 +167,23 @@ pub fn range_query(
     step_ms: i64,
     opts: &QueryOptions,
 ) -> Result<Value> {
+    range_query_folded(source, expr, start_ms, end_ms, step_ms, opts, Folded::new())
+}
+
+/// [`range_query`] with the aggregations in `folded` already folded by the
+/// nodes at the query's steps.
+pub fn range_query_folded(
+    source: &dyn Source,
+    expr: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    opts: &QueryOptions,
+    folded: Folded,
+) -> Result<Value> {
     let points = check_range(start_ms, end_ms, step_ms, opts)?;
     let ast = parse(expr)?;
-    let ctx = eval::Ctx::load(source, &ast, start_ms, end_ms, opts)?;
+    let ctx = eval::Ctx::load_folded(source, &ast, start_ms, end_ms, opts, folded)?;
     ctx.range(&ast, start_ms, step_ms, points)
 }
 
@@ -184,22 +214,17 @@ fn check_range(start_ms: i64, end_ms: i64, step_ms: i64, opts: &QueryOptions) ->
 /// What each selector of `expr` needs so that evaluating it over
 /// `[start_ms, end_ms]` (equal for an instant query) finds all its data:
 /// one entry per selector (and per `or` group of matchers).
+///
+/// The aggregations in `folded` need nothing: the nodes folded them.
 pub fn selectors(
     expr: &str,
     start_ms: i64,
     end_ms: i64,
     opts: &QueryOptions,
+    folded: &Folded,
 ) -> Result<Vec<Selection>> {
     let ast = parse(expr)?;
-    let planned = plan::plan(&ast, start_ms, end_ms, opts.lookback_ms)?;
-    Ok(planned
-        .into_iter()
-        .flat_map(|p| {
-            p.groups.into_iter().map(move |matchers| Selection {
-                matchers,
-                start_ms: p.start_ms,
-                end_ms: p.end_ms,
-            })
-        })
-        .collect())
+    let skip = fold::folded_keys(&ast, folded)?;
+    let planned = plan::plan(&ast, start_ms, end_ms, opts.lookback_ms, &skip)?;
+    Ok(plan::selections(planned))
 }

@@ -1,5 +1,6 @@
 //! Finds every selector of a query and the time span of data it needs, so the data is fetched once.
 
+use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use promql_parser::label::MatchOp as PMatchOp;
@@ -98,32 +99,51 @@ pub(crate) fn subquery_times(
     (first, end, step)
 }
 
+/// The selectors of `expr` but those under the aggregations `folded` (by
+/// [`super::fold::key`]), whose data the nodes folded where it lives.
 pub(crate) fn plan(
     expr: &Expr,
     start_ms: i64,
     end_ms: i64,
     lookback_ms: i64,
+    folded: &HashSet<usize>,
 ) -> Result<Vec<Planned>> {
     let mut walker = Walker {
         out: Vec::new(),
         query_start_ms: start_ms,
         query_end_ms: end_ms,
         lookback_ms,
+        folded,
     };
     walker.walk(expr, start_ms, end_ms)?;
     Ok(walker.out)
 }
 
+/// One fetch per selector, and per `or` group of its matchers.
+pub(crate) fn selections(planned: Vec<Planned>) -> Vec<Selection> {
+    planned
+        .into_iter()
+        .flat_map(|p| {
+            p.groups.into_iter().map(move |matchers| Selection {
+                matchers,
+                start_ms: p.start_ms,
+                end_ms: p.end_ms,
+            })
+        })
+        .collect()
+}
+
 /// Finds each selector with the span of evaluation times it serves, which
 /// subqueries widen.
-struct Walker {
+struct Walker<'f> {
     out: Vec<Planned>,
     query_start_ms: i64,
     query_end_ms: i64,
     lookback_ms: i64,
+    folded: &'f HashSet<usize>,
 }
 
-impl Walker {
+impl Walker<'_> {
     fn selector(
         &mut self,
         vs: &VectorSelector,
@@ -146,6 +166,7 @@ impl Walker {
 
     fn walk(&mut self, expr: &Expr, start_ms: i64, end_ms: i64) -> Result<()> {
         match expr {
+            Expr::Aggregate(_) if self.folded.contains(&super::fold::key(expr)) => Ok(()),
             Expr::Aggregate(a) => {
                 if let Some(p) = &a.param {
                     self.walk(p, start_ms, end_ms)?;

@@ -13,9 +13,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use promql_parser::parser::{AggregateExpr, Expr, MatrixSelector, VectorSelector};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, MatrixSelector, VectorSelector};
 
-use super::aggregate::{group_labels, op, Acc};
+use super::aggregate::{group_labels, op, Acc, Op};
 use super::eval::{unparen, Ctx, Series, Window};
 use super::functions::{range_fn, range_value, RangeFn};
 use super::plan::{duration_ms, reference_ms};
@@ -139,6 +139,234 @@ impl<'a> Inner<'a> {
     }
 }
 
+/// An aggregation of the shape this path evaluates: `op by/without (...)
+/// (inner)` with an operator that folds values one by one.
+pub(crate) struct Fold<'a> {
+    op: Op,
+    inner: Inner<'a>,
+    modifier: Option<&'a LabelModifier>,
+}
+
+impl<'a> Fold<'a> {
+    pub fn of(e: &'a Expr) -> Option<Fold<'a>> {
+        let Expr::Aggregate(AggregateExpr {
+            op: name,
+            expr,
+            param: None,
+            modifier,
+        }) = unparen(e)
+        else {
+            return None;
+        };
+        Some(Fold {
+            op: op(&name.to_string()).ok().filter(|op| op.folds())?,
+            inner: Inner::of(expr)?,
+            modifier: modifier.as_ref(),
+        })
+    }
+
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// Folds the series `ctx` loaded for this aggregation into `partial`,
+    /// each at every step of it. `None` when two of them would carry the
+    /// same labels (the generic evaluator fails at the steps where both
+    /// have an element) or the groups would take too many cells.
+    pub fn fold(&self, ctx: &Ctx, partial: &mut Partial) -> Option<()> {
+        let series = self.inner.series(ctx);
+        // Labels in strictly increasing order (a selector's series, as
+        // loaded) are distinct without hashing them.
+        let increasing = series
+            .windows(2)
+            .all(|w| self.inner.labels(&w[0]) < self.inner.labels(&w[1]));
+        if !increasing {
+            let mut seen = HashSet::with_capacity(series.len());
+            if !series.iter().all(|s| seen.insert(self.inner.labels(s))) {
+                return None;
+            }
+        }
+        let group_of: Vec<usize> = match self.modifier {
+            // Everything in one group.
+            None if series.is_empty() => Vec::new(),
+            None => vec![partial.group(Labels::default())?; series.len()],
+            Some(m) => series
+                .iter()
+                .map(|s| partial.group(group_labels(self.inner.labels(s), Some(m))))
+                .collect::<Option<_>>()?,
+        };
+        let (op, points) = (self.op, partial.points);
+        let steps = (partial.start_ms, partial.step_ms, points);
+        let mut scratch = Vec::new();
+        for (s, &g) in series.iter().zip(&group_of) {
+            let row = &mut partial.acc[g * points..(g + 1) * points];
+            self.inner
+                .each_step(ctx, s, steps, &mut scratch, |k, v| row[k].add(op, v));
+        }
+        Some(())
+    }
+}
+
+/// An aggregation's groups at each step of a query, still open: partials
+/// of disjoint series (one per partition, one per node) merge into the
+/// partial of all of them, which [`Partial::finish`] turns into the answer.
+#[derive(Clone)]
+pub struct Partial {
+    pub(crate) op: Op,
+    pub(crate) start_ms: i64,
+    pub(crate) step_ms: i64,
+    pub(crate) points: usize,
+    groups: Vec<Labels>,
+    index: HashMap<Labels, usize>,
+    /// `points` cells per group, group by group.
+    acc: Vec<Acc>,
+}
+
+impl Partial {
+    pub(crate) fn new(op: Op, start_ms: i64, step_ms: i64, points: usize) -> Partial {
+        Partial {
+            op,
+            start_ms,
+            step_ms,
+            points,
+            groups: Vec::new(),
+            index: HashMap::new(),
+            acc: Vec::new(),
+        }
+    }
+
+    /// The index of the group with `labels`, added if new; `None` when the
+    /// groups would take more than [`MAX_CELLS`] cells.
+    fn group(&mut self, labels: Labels) -> Option<usize> {
+        if let Some(&g) = self.index.get(&labels) {
+            return Some(g);
+        }
+        if (self.groups.len() + 1).checked_mul(self.points)? > MAX_CELLS {
+            return None;
+        }
+        self.index.insert(labels.clone(), self.groups.len());
+        self.groups.push(labels);
+        self.acc
+            .resize(self.groups.len() * self.points, Acc::default());
+        Some(self.groups.len() - 1)
+    }
+
+    /// Folds in `other`, the partial of other series of the same
+    /// aggregation; `None` (and `self` unusable) when the two do not fold
+    /// the same aggregation or together they take too many cells.
+    pub fn merge(&mut self, other: Partial) -> Option<()> {
+        if (other.op, other.start_ms, other.step_ms, other.points)
+            != (self.op, self.start_ms, self.step_ms, self.points)
+        {
+            return None;
+        }
+        let points = self.points;
+        for (labels, row) in other.groups.into_iter().zip(other.acc.chunks(points.max(1))) {
+            let g = self.group(labels)?;
+            for (acc, o) in self.acc[g * points..(g + 1) * points].iter_mut().zip(row) {
+                acc.merge(self.op, o);
+            }
+        }
+        Some(())
+    }
+
+    /// Each group's series of results, at the steps where it has values,
+    /// sorted by labels.
+    pub(crate) fn finish(self) -> Vec<SeriesData> {
+        let (op, points) = (self.op, self.points);
+        let mut out: Vec<SeriesData> = self
+            .groups
+            .into_iter()
+            .zip(self.acc.chunks(points.max(1)))
+            .filter_map(|(labels, row)| {
+                let samples: Vec<(i64, f64)> = row
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.count() > 0.0)
+                    .map(|(k, a)| (self.start_ms + k as i64 * self.step_ms, a.result(op)))
+                    .collect();
+                (!samples.is_empty()).then_some(SeriesData { labels, samples })
+            })
+            .collect();
+        crate::source::sort_by_labels(&mut out);
+        out
+    }
+
+    /// The partial as bytes, for [`Partial::decode`] on another node: the
+    /// groups' labels, and the state of each cell that folded a value.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let put = |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u64).to_le_bytes());
+        out.push(self.op as u8);
+        out.extend_from_slice(&self.start_ms.to_le_bytes());
+        out.extend_from_slice(&self.step_ms.to_le_bytes());
+        put(out, self.points);
+        put(out, self.groups.len());
+        for (labels, row) in self.groups.iter().zip(self.acc.chunks(self.points.max(1))) {
+            put(out, labels.len());
+            for (n, v) in labels.iter() {
+                for s in [n, v] {
+                    put(out, s.len());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+            let present: Vec<(usize, &Acc)> =
+                row.iter().enumerate().filter(|(_, a)| a.count() > 0.0).collect();
+            put(out, present.len());
+            for (k, acc) in present {
+                put(out, k);
+                acc.encode(self.op, out);
+            }
+        }
+    }
+
+    /// Reads what [`Partial::encode`] wrote.
+    pub fn decode(mut buf: &[u8]) -> Result<Partial, String> {
+        let buf = &mut buf;
+        let bad = || "truncated or malformed partial aggregate".to_string();
+        fn take<'b>(buf: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+            let (head, rest) = buf.split_at_checked(n)?;
+            *buf = rest;
+            Some(head)
+        }
+        let num = |buf: &mut &[u8]| -> Option<u64> {
+            Some(u64::from_le_bytes(take(buf, 8)?.try_into().ok()?))
+        };
+        let op = *take(buf, 1).ok_or_else(bad)?.first().ok_or_else(bad)?;
+        let op = Op::from_u8(op).ok_or_else(bad)?;
+        let start_ms = num(buf).ok_or_else(bad)? as i64;
+        let step_ms = num(buf).ok_or_else(bad)? as i64;
+        let points = num(buf).ok_or_else(bad)? as usize;
+        let mut p = Partial::new(op, start_ms, step_ms, points);
+        let groups = num(buf).ok_or_else(bad)?;
+        for _ in 0..groups {
+            let pairs = num(buf).ok_or_else(bad)?;
+            let mut labels = Vec::new();
+            for _ in 0..pairs {
+                let mut s = || -> Option<String> {
+                    let n = num(buf)? as usize;
+                    String::from_utf8(take(buf, n)?.to_vec()).ok()
+                };
+                labels.push((s().ok_or_else(bad)?, s().ok_or_else(bad)?));
+            }
+            let g = p.group(Labels::new(labels)).ok_or_else(|| {
+                format!("a partial aggregate of more than {MAX_CELLS} cells")
+            })?;
+            for _ in 0..num(buf).ok_or_else(bad)? {
+                let k = num(buf).ok_or_else(bad)? as usize;
+                let acc = Acc::decode(op, buf).ok_or_else(bad)?;
+                if k >= points {
+                    return Err(bad());
+                }
+                p.acc[g * points + k] = acc;
+            }
+        }
+        if !buf.is_empty() {
+            return Err(bad());
+        }
+        Ok(p)
+    }
+}
+
 /// `ast` over `points` steps from `start_ms`, if it has a shape this path
 /// evaluates; the matrix is sorted by labels.
 pub(crate) fn range(
@@ -148,79 +376,10 @@ pub(crate) fn range(
     step_ms: i64,
     points: usize,
 ) -> Option<Vec<SeriesData>> {
-    let Expr::Aggregate(AggregateExpr {
-        op: name,
-        expr,
-        param: None,
-        modifier,
-    }) = unparen(ast)
-    else {
-        return None;
-    };
-    let op = op(&name.to_string()).ok().filter(|op| op.folds())?;
-    let inner = Inner::of(expr)?;
-    let series = inner.series(ctx);
-    // Two series whose elements carry the same labels make the generic
-    // evaluator fail at the steps where both have one; leave that to it.
-    // Labels in strictly increasing order (a selector's series, as loaded)
-    // are distinct without hashing them.
-    let increasing = series
-        .windows(2)
-        .all(|w| inner.labels(&w[0]) < inner.labels(&w[1]));
-    if !increasing {
-        let mut seen = HashSet::with_capacity(series.len());
-        if !series.iter().all(|s| seen.insert(inner.labels(s))) {
-            return None;
-        }
-    }
-
-    let (groups, group_of) = match modifier {
-        // Everything in one group.
-        None => (vec![Labels::default()], vec![0; series.len()]),
-        Some(modifier) => {
-            let mut index: HashMap<Labels, usize> = HashMap::new();
-            let mut groups: Vec<Labels> = Vec::new();
-            let group_of: Vec<usize> = series
-                .iter()
-                .map(|s| {
-                    let key = group_labels(inner.labels(s), Some(modifier));
-                    *index.entry(key).or_insert_with_key(|key| {
-                        groups.push(key.clone());
-                        groups.len() - 1
-                    })
-                })
-                .collect();
-            (groups, group_of)
-        }
-    };
-    let cells = groups.len().checked_mul(points)?;
-    if cells > MAX_CELLS {
-        return None;
-    }
-    let mut acc = vec![Acc::default(); cells];
-    let mut scratch = Vec::new();
-    for (s, &g) in series.iter().zip(&group_of) {
-        let row = &mut acc[g * points..(g + 1) * points];
-        inner.each_step(ctx, s, (start_ms, step_ms, points), &mut scratch, |k, v| {
-            row[k].add(op, v)
-        });
-    }
-
-    let mut out: Vec<SeriesData> = groups
-        .into_iter()
-        .zip(acc.chunks(points.max(1)))
-        .filter_map(|(labels, row)| {
-            let samples: Vec<(i64, f64)> = row
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.count() > 0.0)
-                .map(|(k, a)| (start_ms + k as i64 * step_ms, a.result(op)))
-                .collect();
-            (!samples.is_empty()).then_some(SeriesData { labels, samples })
-        })
-        .collect();
-    crate::source::sort_by_labels(&mut out);
-    Some(out)
+    let fold = Fold::of(ast)?;
+    let mut partial = Partial::new(fold.op, start_ms, step_ms, points);
+    fold.fold(ctx, &mut partial)?;
+    Some(partial.finish())
 }
 
 #[cfg(test)]

@@ -52,6 +52,8 @@ pub enum Kind {
     Control = 11,
     /// Controller -> controller: one Raft RPC (`src/raft/network.rs`).
     Raft = 12,
+    /// Node -> node: fold an aggregation of a query over partitions.
+    Fold = 13,
 }
 
 impl Kind {
@@ -59,7 +61,7 @@ impl Kind {
         use Kind::*;
         [
             Write, Ack, Error, Forward, Replicate, CatchUp, Map, Select, Digest, Snapshot, Control,
-            Raft,
+            Raft, Fold,
         ]
         .into_iter()
         .find(|k| *k as u8 == b)

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Cluster, Layout};
+use common::{metric_value, query_range_http, Cluster, Layout};
 
 fn now_s() -> i64 {
     SystemTime::now()
@@ -101,6 +101,123 @@ fn many_forwards_in_flight_never_block_replication() {
     assert_eq!(report["failed"], 0, "{report}");
     // A write that timed out somewhere was retried: there must be none.
     assert_eq!(report["retries"], 0, "{report}");
+}
+
+/// Aggregations the nodes fold over their own partitions (`sum(m)`)
+/// answer as the same aggregation over raw samples gathered to the
+/// coordinator (`sum(m + 0)`, which does not fold; `label_replace` where
+/// the name must stay), through every node.
+#[test]
+fn aggregations_folded_on_the_nodes_answer_as_raw_samples() {
+    let c = Cluster::up(Layout {
+        partitions: 64,
+        ..Layout::default()
+    });
+    let report = c.json(&[
+        "push",
+        "--json",
+        "--quiet",
+        "--resources",
+        "40",
+        "--metrics",
+        "3",
+        "--samples",
+        "30",
+    ]);
+    assert_eq!(report["acked"], 3600, "{report}");
+    let folds = |node: usize| metric_value(&c.metrics(node), "tandem_query_folds_total");
+    let end = now_s() + 1;
+    let start = (end - 900).to_string();
+    let (end, step) = (end.to_string(), "15".to_string());
+    let pairs = [
+        ("sum(metric1)", "sum(metric1 + 0)"),
+        (
+            "avg by (resource) (metric2)",
+            "avg by (resource) (metric2 + 0)",
+        ),
+        (
+            "max by (resource) (max_over_time(metric0[5m]))",
+            "max by (resource) (max_over_time(metric0[5m]) + 0)",
+        ),
+        (
+            r#"count(last_over_time({__name__=~"metric1|metric2"}[5m] offset 1m))"#,
+            r#"count(label_replace(last_over_time({__name__=~"metric1|metric2"}[5m] offset 1m), "x", "", "x", ""))"#,
+        ),
+        (
+            "sum(rate(metric0[5m])) / count(metric0)",
+            "sum(rate(metric0[5m]) + 0) / count(metric0 + 0)",
+        ),
+    ];
+    for node in 0..3 {
+        for (folded, raw) in pairs {
+            let before = folds(node);
+            let range = |q: &str| {
+                let form = [
+                    ("query", q),
+                    ("start", &start),
+                    ("end", &end),
+                    ("step", &step),
+                ];
+                let doc = query_range_http(&c.http(node), &form);
+                assert_eq!(doc["status"], "success", "node {node} {q}: {doc}");
+                doc["data"]["result"].clone()
+            };
+            let (got, want) = (range(folded), range(raw));
+            assert!(folds(node) > before, "node {node} did not fold {folded}");
+            assert!(
+                want.as_array().is_some_and(|r| !r.is_empty()),
+                "{raw}: {want}"
+            );
+            assert_close(&got, &want, &format!("node {node}: {folded} vs {raw}"));
+        }
+    }
+    // Without their names, series of two metrics of one resource collide:
+    // a node declines to fold, and the query fails as Prometheus fails it.
+    let declined = metric_value(&c.metrics(1), "tandem_query_folds_declined_total");
+    let doc = c.query(1, r#"sum(max_over_time({__name__=~"metric.*"}[5m]))"#);
+    assert_eq!(
+        doc["error"], "vector cannot contain metrics with the same labelset",
+        "{doc}"
+    );
+    assert_eq!(
+        metric_value(&c.metrics(1), "tandem_query_folds_declined_total"),
+        declined + 1.0
+    );
+}
+
+/// Two matrices with the same series and steps, and values equal up to
+/// rounding (a fold adds in another order).
+fn assert_close(got: &serde_json::Value, want: &serde_json::Value, what: &str) {
+    let series = |v: &serde_json::Value| -> Vec<(String, Vec<(f64, f64)>)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let values = s["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| {
+                        (
+                            p[0].as_f64().unwrap(),
+                            p[1].as_str().unwrap().parse().unwrap(),
+                        )
+                    })
+                    .collect();
+                (s["metric"].to_string(), values)
+            })
+            .collect()
+    };
+    let (g, w) = (series(got), series(want));
+    assert_eq!(g.len(), w.len(), "{what}: {got} vs {want}");
+    for ((gl, gv), (wl, wv)) in g.iter().zip(&w) {
+        assert_eq!(gl, wl, "{what}");
+        assert_eq!(gv.len(), wv.len(), "{what}: {gl}");
+        for (a, b) in gv.iter().zip(wv) {
+            let close = (a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(b.1.abs()).max(1.0);
+            assert!(a.0 == b.0 && close, "{what}: {gl} {a:?} vs {b:?}");
+        }
+    }
 }
 
 #[test]

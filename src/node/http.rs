@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::msg::FoldRequest;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
@@ -12,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value as Json};
-use store::query::{format_value, FetchedSource, QueryError, QueryOptions, Value};
+use store::query::{
+    format_value, FetchedSource, FoldPlan, Folded, QueryError, QueryOptions, Value,
+};
 use store::{Labels, Matcher};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -192,24 +195,43 @@ fn success(data: Json, warnings: Vec<String>) -> Response {
     axum::Json(body).into_response()
 }
 
-/// Fetches what every selector of `expr` needs from the cluster, once per
-/// distinct selection; the engine then takes the series over without a
-/// copy.
+/// What a query needs from the cluster: its aggregations that fold,
+/// folded where the data lives, and for the rest what every selector
+/// needs, once per distinct selection (the engine then takes the series
+/// over without a copy).
 async fn fetch(
     node: &Arc<Node>,
     expr: &str,
-    start_ms: i64,
-    end_ms: i64,
+    (start_ms, end_ms, step_ms): (i64, i64, i64),
     opts: &QueryOptions,
-) -> Result<(FetchedSource, Vec<String>), ApiError> {
-    let mut source = FetchedSource::new(store::query::selectors(expr, start_ms, end_ms, opts)?);
+) -> Result<(FetchedSource, Folded, Vec<String>), ApiError> {
     let mut warnings = BTreeSet::new();
+    let mut folded = Folded::new();
+    for index in 0..store::query::foldable_count(expr)? {
+        let plan = FoldPlan::new(expr, index, start_ms, end_ms, step_ms, opts)?;
+        let req = FoldRequest {
+            partitions: Vec::new(),
+            expr: expr.to_string(),
+            index,
+            start_ms,
+            end_ms,
+            step_ms,
+        };
+        let answer = node.gather_fold(&plan, req).await;
+        node.metrics.add_fold(answer.is_some());
+        if let Some((partial, w)) = answer {
+            warnings.extend(w);
+            folded.insert(index, partial);
+        }
+    }
+    let selections = store::query::selectors(expr, start_ms, end_ms, opts, &folded)?;
+    let mut source = FetchedSource::new(selections);
     for (i, sel) in source.selections().into_iter().enumerate() {
         let gathered = node.gather(&sel.matchers, sel.start_ms, sel.end_ms).await;
         warnings.extend(gathered.warnings());
-        source.fill(i, gathered.series);
+        source.fill(i, gathered.parts.into_iter().flatten().collect());
     }
-    Ok((source, warnings.into_iter().collect()))
+    Ok((source, folded, warnings.into_iter().collect()))
 }
 
 async fn query(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes) -> ApiResult {
@@ -221,8 +243,9 @@ async fn query(State(node): State<Arc<Node>>, RawQuery(q): RawQuery, body: Bytes
     })();
     timed(&node, async {
         let (expr, t) = parsed?;
-        evaluate(&node, expr, t, t, move |source, expr, opts| {
-            store::query::instant_query(source, expr, t, opts)
+        // One step; its length does not matter.
+        evaluate(&node, expr, (t, t, 1), move |source, expr, opts, folded| {
+            store::query::instant_query_folded(source, expr, t, opts, folded)
         })
         .await
     })
@@ -250,9 +273,14 @@ async fn query_range(
     })();
     timed(&node, async {
         let (expr, start, end, step) = parsed?;
-        evaluate(&node, expr, start, end, move |source, expr, opts| {
-            store::query::range_query(source, expr, start, end, step, opts)
-        })
+        evaluate(
+            &node,
+            expr,
+            (start, end, step),
+            move |source, expr, opts, folded| {
+                store::query::range_query_folded(source, expr, start, end, step, opts, folded)
+            },
+        )
         .await
     })
     .await
@@ -272,13 +300,14 @@ async fn timed(node: &Node, query: impl std::future::Future<Output = ApiResult>)
 async fn evaluate(
     node: &Arc<Node>,
     expr: String,
-    start: i64,
-    end: i64,
-    eval: impl FnOnce(&FetchedSource, &str, &QueryOptions) -> Result<Value, QueryError> + Send + 'static,
+    steps: (i64, i64, i64),
+    eval: impl FnOnce(&FetchedSource, &str, &QueryOptions, Folded) -> Result<Value, QueryError>
+        + Send
+        + 'static,
 ) -> ApiResult {
     let opts = QueryOptions::default();
-    let (source, warnings) = fetch(node, &expr, start, end, &opts).await?;
-    let value = tokio::task::spawn_blocking(move || eval(&source, &expr, &opts))
+    let (source, folded, warnings) = fetch(node, &expr, steps, &opts).await?;
+    let value = tokio::task::spawn_blocking(move || eval(&source, &expr, &opts, folded))
         .await
         .map_err(|e| ApiError::Execution(e.to_string()))??;
     Ok(success(value_json(&value), warnings))
@@ -302,12 +331,13 @@ async fn matching_series(
     let mut out = BTreeSet::new();
     let mut warnings = BTreeSet::new();
     for sel in selectors {
-        let selections = store::query::selectors(&sel, end, end, &QueryOptions::default())?;
+        let selections =
+            store::query::selectors(&sel, end, end, &QueryOptions::default(), &Folded::new())?;
         for s in selections {
             let matchers: Vec<Matcher> = s.matchers;
             let gathered = node.gather(&matchers, start, end).await;
             warnings.extend(gathered.warnings());
-            out.extend(gathered.series.into_iter().map(|s| s.labels));
+            out.extend(gathered.parts.into_iter().flatten().map(|s| s.labels));
         }
     }
     Ok((out.into_iter().collect(), warnings.into_iter().collect()))

@@ -19,6 +19,8 @@ pub struct Metrics {
     queries: AtomicU64,
     query_errors: AtomicU64,
     query_micros: AtomicU64,
+    folds: AtomicU64,
+    folds_declined: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +76,16 @@ impl Metrics {
         self.query_micros.fetch_add(micros, Relaxed);
         if !ok {
             self.query_errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// An aggregation of a query folded where its data lives, or declined
+    /// (then evaluated from gathered raw samples).
+    pub fn add_fold(&self, folded: bool) {
+        if folded {
+            self.folds.fetch_add(1, Relaxed);
+        } else {
+            self.folds_declined.fetch_add(1, Relaxed);
         }
     }
 
@@ -135,6 +147,16 @@ impl Metrics {
             "tandem_query_errors_total",
             "PromQL queries that failed.",
             self.query_errors.load(Relaxed),
+        );
+        counter(
+            "tandem_query_folds_total",
+            "Aggregations of queries folded on the nodes holding their data.",
+            self.folds.load(Relaxed),
+        );
+        counter(
+            "tandem_query_folds_declined_total",
+            "Aggregations that did not fold (labels collide, too many groups) and were evaluated from raw samples.",
+            self.folds_declined.load(Relaxed),
         );
         counter(
             "tandem_query_seconds_total",

@@ -440,6 +440,7 @@ impl net::Handler for Node {
             Kind::CatchUp => net::ready(catchup::handle_catch_up(self, &frame.payload)),
             Kind::Snapshot => net::ready(catchup::handle_snapshot(self, &frame.payload)),
             Kind::Select => query::handle_select(self, frame.payload),
+            Kind::Fold => query::handle_fold(self, frame.payload),
             Kind::Digest => {
                 let digests: Vec<(u32, u64, u64)> = self
                     .digests()

@@ -343,6 +343,44 @@ impl<'a> SelectReply<'a> {
     }
 }
 
+/// What a query needs folded by a node: aggregation `index` of `expr`
+/// (see `store::query::FoldPlan`) over the listed partitions, at
+/// `start_ms + k * step_ms` up to `end_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FoldRequest {
+    pub partitions: Vec<u32>,
+    pub expr: String,
+    pub index: usize,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub step_ms: i64,
+}
+
+/// The answer: partitions the node could not serve, then the partial of
+/// the others, or nothing when the aggregation does not fold there.
+pub struct FoldReply<'a> {
+    pub missing: Vec<u32>,
+    pub partial: Option<&'a [u8]>,
+}
+
+impl<'a> FoldReply<'a> {
+    pub fn encode(missing: &[u32], partial: Option<&[u8]>) -> Vec<u8> {
+        let mut out = SelectReply::encode(missing, &[]);
+        if let Some(p) = partial {
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    pub fn decode(buf: &'a [u8]) -> DecodeResult<FoldReply<'a>> {
+        let s = SelectReply::decode(buf)?;
+        Ok(FoldReply {
+            missing: s.missing,
+            partial: (!s.batch.is_empty()).then_some(s.batch),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +460,11 @@ mod tests {
         };
         assert_eq!(SnapshotReply::decode(&s.encode()).unwrap(), s);
 
+        let fold = FoldReply::encode(&[3], Some(b"partial"));
+        let d = FoldReply::decode(&fold).unwrap();
+        assert_eq!((d.missing, d.partial), (vec![3], Some(&b"partial"[..])));
+        let declined = FoldReply::encode(&[], None);
+        assert_eq!(FoldReply::decode(&declined).unwrap().partial, None);
         let sel = SelectReply::encode(&[4, 5], b"batch");
         let d = SelectReply::decode(&sel).unwrap();
         assert_eq!((d.missing, d.batch), (vec![4, 5], &b"batch"[..]));

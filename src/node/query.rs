@@ -8,7 +8,7 @@ use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
 use store::{MatchOp, Matcher, SeriesData, SeriesKey};
 
-use super::msg::{SelectReply, SelectRequest};
+use super::msg::{FoldReply, FoldRequest, SelectReply, SelectRequest};
 use super::{Lane, Node};
 use crate::net::ReplyFuture;
 use crate::proto::{ErrorCode, Kind};
@@ -17,17 +17,23 @@ use crate::proto::{ErrorCode, Kind};
 /// another copy.
 const READ_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Series gathered for a query, and what the answer must warn about.
-#[derive(Debug, Default)]
-pub struct Gathered {
-    pub series: Vec<SeriesData>,
+/// A future answering for some partitions: its part, and the partitions
+/// it could not serve.
+type PartFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(T, Vec<u32>), String>> + Send>>;
+
+/// What each node answered for a query, and what the answer must warn about.
+#[derive(Debug)]
+pub struct Gathered<T> {
+    /// One part per answer, in a fixed order for a given map.
+    pub parts: Vec<T>,
     /// Partitions answered by a copy other than the primary.
     pub fallback: Vec<u32>,
     /// Partitions no Active copy answered for: their series are missing.
     pub unavailable: Vec<u32>,
 }
 
-impl Gathered {
+impl<T> Gathered<T> {
     /// Prometheus `warnings` for the response.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
@@ -96,6 +102,27 @@ fn parse_matchers(
         .collect()
 }
 
+/// Peer side: aggregation `index` of the query folded over the listed
+/// partitions this node holds as an Active copy.
+pub fn handle_fold(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
+    let node = node.clone();
+    Box::pin(async move {
+        let req: FoldRequest = serde_json::from_slice(&payload)
+            .map_err(|e| (ErrorCode::BadRequest, format!("malformed fold: {e}")))?;
+        tokio::task::spawn_blocking(move || {
+            let (partial, missing) = node.fold_local(&req)?;
+            let bytes = partial.map(|p| {
+                let mut out = Vec::new();
+                p.encode(&mut out);
+                out
+            });
+            Ok(FoldReply::encode(&missing, bytes.as_deref()))
+        })
+        .await
+        .map_err(|e| (ErrorCode::Internal, format!("fold task failed: {e}")))?
+    })
+}
+
 /// Peer side: the matching series of the listed partitions this node holds
 /// as an Active copy; the others are listed as missing.
 pub fn handle_select(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
@@ -155,6 +182,19 @@ impl Node {
         start_ms: i64,
         end_ms: i64,
     ) -> (Vec<SeriesData>, Vec<u32>) {
+        let (serve, missing) = self.servable(partitions);
+        let series = if serve.is_empty() {
+            Vec::new()
+        } else {
+            let serve: Vec<_> = serve.iter().map(|p| p.id()).collect();
+            store::Source::select(&self.store.source(&serve), matchers, start_ms, end_ms)
+        };
+        (series, missing)
+    }
+
+    /// The copies among `partitions` this node may answer reads for, and
+    /// the ids of the others.
+    fn servable(&self, partitions: &[u32]) -> (Vec<Arc<store::Partition>>, Vec<u32>) {
         let map = self.map();
         let progress = self.catchup.lock().expect("poisoned");
         let (mut serve, mut missing) = (Vec::new(), Vec::new());
@@ -174,16 +214,11 @@ impl Node {
             }
         }
         drop(progress);
-        let serve: Vec<_> = serve
+        let serve = serve
             .into_iter()
-            .filter(|p| self.store.partition(*p).is_some())
+            .filter_map(|p| self.store.partition(p))
             .collect();
-        let series = if serve.is_empty() {
-            Vec::new()
-        } else {
-            store::Source::select(&self.store.source(&serve), matchers, start_ms, end_ms)
-        };
-        (series, missing)
+        (serve, missing)
     }
 
     /// Gathers the series matching `matchers` in `[start_ms, end_ms]` from
@@ -194,7 +229,61 @@ impl Node {
         matchers: &[Matcher],
         start_ms: i64,
         end_ms: i64,
-    ) -> Gathered {
+    ) -> Gathered<Vec<SeriesData>> {
+        let triples = matcher_triples(matchers);
+        self.scatter(resource_of(matchers), move |node, n, partitions| {
+            let req = SelectRequest {
+                partitions,
+                matchers: triples.clone(),
+                start_ms,
+                end_ms,
+            };
+            Box::pin(node.select_on(n, req))
+        })
+        .await
+    }
+
+    /// Folds aggregation `index` of `expr` over the whole cluster (see
+    /// `store::query::FoldPlan`): each node folds the partitions it serves,
+    /// and their partials are merged here. `None` when a node declined (the
+    /// aggregation does not fold over its data) or a partial did not merge:
+    /// the caller then gathers raw series instead.
+    pub async fn gather_fold(
+        self: &Arc<Self>,
+        plan: &store::query::FoldPlan,
+        req: FoldRequest,
+    ) -> Option<(store::query::Partial, Vec<String>)> {
+        let resource = plan.selections().ok().and_then(|s| {
+            s.first()
+                .and_then(|s| resource_of(&s.matchers).map(str::to_string))
+        });
+        let gathered = self
+            .scatter(resource.as_deref(), move |node, n, partitions| {
+                let req = FoldRequest {
+                    partitions,
+                    ..req.clone()
+                };
+                Box::pin(node.fold_on(n, req))
+            })
+            .await;
+        let warnings = gathered.warnings();
+        let mut merged = plan.empty();
+        for partial in gathered.parts {
+            merged.merge(partial?)?;
+        }
+        Some((merged, warnings))
+    }
+
+    /// Asks each partition of the cluster (only the one of `resource`, if
+    /// given) of its primary, or of another Active copy when the primary
+    /// does not answer in time, with one `call` per node for all the
+    /// partitions asked of it. The parts come in a fixed order, node by
+    /// node, for a given map.
+    async fn scatter<T: Send + 'static>(
+        self: &Arc<Self>,
+        resource: Option<&str>,
+        call: impl Fn(Arc<Node>, NodeId, Vec<u32>) -> PartFuture<T>,
+    ) -> Gathered<T> {
         let map = self.map();
         let candidates = |p: u32| -> Vec<NodeId> {
             let pid = PartitionId(p);
@@ -207,12 +296,15 @@ impl Node {
             }
             c
         };
-        let partitions: Vec<u32> = match resource_of(matchers) {
+        let partitions: Vec<u32> = match resource {
             Some(resource) => vec![partition_of(resource.as_bytes(), map.partitions).0],
             None => (0..map.partitions).collect(),
         };
-        let triples = matcher_triples(matchers);
-        let mut out = Gathered::default();
+        let mut out = Gathered {
+            parts: Vec::new(),
+            fallback: Vec::new(),
+            unavailable: Vec::new(),
+        };
         let mut todo: BTreeMap<u32, Vec<NodeId>> =
             partitions.into_iter().map(|p| (p, candidates(p))).collect();
         let mut round = 0;
@@ -231,24 +323,16 @@ impl Node {
             }
             let mut calls = Vec::new();
             for (n, ps) in by_node {
-                let node = self.clone();
-                let req = SelectRequest {
-                    partitions: ps.clone(),
-                    matchers: triples.clone(),
-                    start_ms,
-                    end_ms,
-                };
-                calls.push(tokio::spawn(
-                    async move { (ps, node.select_on(n, req).await) },
-                ));
+                let part = call(self.clone(), n, ps.clone());
+                calls.push(tokio::spawn(async move { (ps, part.await) }));
             }
             for call in calls {
                 let Ok((ps, result)) = call.await else {
                     continue;
                 };
                 match result {
-                    Ok((series, missing)) => {
-                        out.series.extend(series);
+                    Ok((part, missing)) => {
+                        out.parts.push(part);
                         for p in ps {
                             if !missing.contains(&p) {
                                 todo.remove(&p);
@@ -258,12 +342,71 @@ impl Node {
                             }
                         }
                     }
-                    Err(e) => tracing::debug!("select failed, trying other copies: {e}"),
+                    Err(e) => tracing::debug!("query part failed, trying other copies: {e}"),
                 }
             }
             round += 1;
         }
         out
+    }
+
+    async fn fold_on(
+        self: Arc<Self>,
+        n: NodeId,
+        req: FoldRequest,
+    ) -> Result<(Option<store::query::Partial>, Vec<u32>), String> {
+        if n == self.id {
+            return tokio::task::spawn_blocking(move || self.fold_local(&req))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.1);
+        }
+        let client = self
+            .peer(n, Lane::Requests)
+            .ok_or_else(|| format!("node {n} is not in the map"))?;
+        let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let bytes = client
+            .request(Kind::Fold, &payload, READ_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let reply = FoldReply::decode(&bytes).map_err(|e| e.1)?;
+        let partial = reply
+            .partial
+            .map(store::query::Partial::decode)
+            .transpose()?;
+        Ok((partial, reply.missing))
+    }
+
+    /// Folds what `req` asks over the partitions this node serves, each
+    /// on its own and on every core, merged in partition order (so that
+    /// the same partitions always give the same sums).
+    fn fold_local(
+        &self,
+        req: &FoldRequest,
+    ) -> Result<(Option<store::query::Partial>, Vec<u32>), (ErrorCode, String)> {
+        use rayon::prelude::*;
+        let plan = store::query::FoldPlan::new(
+            &req.expr,
+            req.index,
+            req.start_ms,
+            req.end_ms,
+            req.step_ms,
+            &store::query::QueryOptions::default(),
+        )
+        .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+        let (serve, missing) = self.servable(&req.partitions);
+        let partials: Vec<Option<store::query::Partial>> = serve
+            .par_iter()
+            .map(|p| plan.fold(&**p))
+            .collect::<Result<_, _>>()
+            .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+        let mut merged = plan.empty();
+        for partial in partials {
+            let Some(()) = partial.and_then(|p| merged.merge(p)) else {
+                return Ok((None, missing));
+            };
+        }
+        Ok((Some(merged), missing))
     }
 
     async fn select_on(

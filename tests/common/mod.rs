@@ -173,7 +173,16 @@ impl Cluster {
 
 /// A PromQL instant query (form fields) against the HTTP address `http`.
 pub fn query_http(http: &str, form: &[(&str, &str)]) -> Value {
-    let url = format!("http://{http}/api/v1/query");
+    post_query(http, "query", form)
+}
+
+/// A PromQL range query (form fields) against the HTTP address `http`.
+pub fn query_range_http(http: &str, form: &[(&str, &str)]) -> Value {
+    post_query(http, "query_range", form)
+}
+
+fn post_query(http: &str, path: &str, form: &[(&str, &str)]) -> Value {
+    let url = format!("http://{http}/api/v1/{path}");
     let resp = match ureq::post(&url)
         .timeout(Duration::from_secs(30))
         .send_form(form)

@@ -29,7 +29,18 @@ impl Op {
     pub fn from_u8(b: u8) -> Option<Op> {
         use Op::*;
         [
-            Sum, Avg, Min, Max, Count, Group, Stddev, Stdvar, Quantile, Topk, Bottomk, CountValues,
+            Sum,
+            Avg,
+            Min,
+            Max,
+            Count,
+            Group,
+            Stddev,
+            Stdvar,
+            Quantile,
+            Topk,
+            Bottomk,
+            CountValues,
         ]
         .into_iter()
         .find(|op| *op as u8 == b)
@@ -172,7 +183,9 @@ impl Acc {
                 acc.count = acc.mean.count();
             }
             Op::Min | Op::Max => (acc.count, acc.value) = (f()?, f()?),
-            Op::Stddev | Op::Stdvar => (acc.count, acc.value, acc.welford_mean) = (f()?, f()?, f()?),
+            Op::Stddev | Op::Stdvar => {
+                (acc.count, acc.value, acc.welford_mean) = (f()?, f()?, f()?)
+            }
             _ => acc.count = f()?,
         }
         Some(acc)

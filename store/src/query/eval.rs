@@ -8,8 +8,8 @@ use promql_parser::parser::value::ValueType;
 use promql_parser::parser::{Expr, MatrixSelector, SubqueryExpr, VectorSelector};
 use regex::Regex;
 
-use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
 use super::fold::{self, Folded};
+use super::plan::{self, duration_ms, key, reference_ms, subquery_times};
 use super::{aggregate, binary, functions, series_major, QueryError, QueryOptions, Result, Value};
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 

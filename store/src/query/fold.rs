@@ -114,7 +114,9 @@ impl FoldPlan {
         let agg = foldable(&ast)
             .get(index)
             .map(|e| (*e).clone())
-            .ok_or_else(|| QueryError::BadParam(format!("{expr:?} has no foldable aggregation {index}")))?;
+            .ok_or_else(|| {
+                QueryError::BadParam(format!("{expr:?} has no foldable aggregation {index}"))
+            })?;
         Ok(FoldPlan {
             agg,
             start_ms,

@@ -261,7 +261,11 @@ impl Partial {
             return None;
         }
         let points = self.points;
-        for (labels, row) in other.groups.into_iter().zip(other.acc.chunks(points.max(1))) {
+        for (labels, row) in other
+            .groups
+            .into_iter()
+            .zip(other.acc.chunks(points.max(1)))
+        {
             let g = self.group(labels)?;
             for (acc, o) in self.acc[g * points..(g + 1) * points].iter_mut().zip(row) {
                 acc.merge(self.op, o);
@@ -309,8 +313,11 @@ impl Partial {
                     out.extend_from_slice(s.as_bytes());
                 }
             }
-            let present: Vec<(usize, &Acc)> =
-                row.iter().enumerate().filter(|(_, a)| a.count() > 0.0).collect();
+            let present: Vec<(usize, &Acc)> = row
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.count() > 0.0)
+                .collect();
             put(out, present.len());
             for (k, acc) in present {
                 put(out, k);
@@ -348,9 +355,9 @@ impl Partial {
                 };
                 labels.push((s().ok_or_else(bad)?, s().ok_or_else(bad)?));
             }
-            let g = p.group(Labels::new(labels)).ok_or_else(|| {
-                format!("a partial aggregate of more than {MAX_CELLS} cells")
-            })?;
+            let g = p
+                .group(Labels::new(labels))
+                .ok_or_else(|| format!("a partial aggregate of more than {MAX_CELLS} cells"))?;
             for _ in 0..num(buf).ok_or_else(bad)? {
                 let k = num(buf).ok_or_else(bad)? as usize;
                 let acc = Acc::decode(op, buf).ok_or_else(bad)?;

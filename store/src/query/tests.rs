@@ -857,7 +857,14 @@ fn range_query_steps() {
 #[test]
 fn selectors_report_what_to_fetch() {
     let o = QueryOptions::default();
-    let sel = selectors("rate(a[5m]) / b offset 1m", 600_000, 900_000, &o, &Folded::new()).unwrap();
+    let sel = selectors(
+        "rate(a[5m]) / b offset 1m",
+        600_000,
+        900_000,
+        &o,
+        &Folded::new(),
+    )
+    .unwrap();
     let spans: Vec<(String, i64, i64)> = sel
         .iter()
         .map(|s| {
@@ -879,7 +886,9 @@ fn selectors_report_what_to_fetch() {
         ]
     );
     assert_eq!(
-        selectors("m{a=\"1\" or b=\"2\"}", 0, 0, &o, &Folded::new()).unwrap().len(),
+        selectors("m{a=\"1\" or b=\"2\"}", 0, 0, &o, &Folded::new())
+            .unwrap()
+            .len(),
         2
     );
 }
@@ -1090,8 +1099,14 @@ mod prop {
     fn close_values(got: &Value, want: &Value) -> bool {
         let as_series = |v: &Value| -> Vec<(Labels, Vec<(i64, f64)>)> {
             let mut out: Vec<_> = match v {
-                Value::Matrix(m) => m.iter().map(|s| (s.labels.clone(), s.samples.clone())).collect(),
-                Value::Vector(v) => v.iter().map(|(l, t, v)| (l.clone(), vec![(*t, *v)])).collect(),
+                Value::Matrix(m) => m
+                    .iter()
+                    .map(|s| (s.labels.clone(), s.samples.clone()))
+                    .collect(),
+                Value::Vector(v) => v
+                    .iter()
+                    .map(|(l, t, v)| (l.clone(), vec![(*t, *v)]))
+                    .collect(),
                 Value::Scalar(t, v) => vec![(Labels::default(), vec![(*t, *v)])],
                 Value::String(..) => Vec::new(),
             };
@@ -1099,7 +1114,10 @@ mod prop {
             out
         };
         let (g, w) = (as_series(got), as_series(want));
-        g.len() == w.len() && g.iter().zip(&w).all(|(a, b)| a.0 == b.0 && close(&a.1, &b.1))
+        g.len() == w.len()
+            && g.iter()
+                .zip(&w)
+                .all(|(a, b)| a.0 == b.0 && close(&a.1, &b.1))
     }
 
     /// The same values at the same steps, whatever their labels: topk
@@ -1108,7 +1126,10 @@ mod prop {
     fn same_values(got: &Value, want: &Value) -> bool {
         let values = |v: &Value| -> Vec<(i64, u64)> {
             let mut out: Vec<(i64, u64)> = match v {
-                Value::Matrix(m) => m.iter().flat_map(|s| s.samples.iter().map(|&(t, v)| (t, norm(v)))).collect(),
+                Value::Matrix(m) => m
+                    .iter()
+                    .flat_map(|s| s.samples.iter().map(|&(t, v)| (t, norm(v))))
+                    .collect(),
                 Value::Vector(v) => v.iter().map(|(_, t, v)| (*t, norm(*v))).collect(),
                 _ => Vec::new(),
             };
@@ -1123,11 +1144,21 @@ mod prop {
     /// partition) and the partials merged, last partition first; the rest
     /// is evaluated over what was fetched for it. `None` when some
     /// partition declined to fold.
-    fn folded_query(data: &[SeriesData], q: &str, start: i64, end: i64, step: i64, instant: bool) -> Option<Result<Value>> {
+    fn folded_query(
+        data: &[SeriesData],
+        q: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        instant: bool,
+    ) -> Option<Result<Value>> {
         let o = QueryOptions::default();
         let mut parts: std::collections::BTreeMap<String, Vec<SeriesData>> = Default::default();
         for s in data {
-            parts.entry(s.labels.get("resource").unwrap().to_string()).or_default().push(s.clone());
+            parts
+                .entry(s.labels.get("resource").unwrap().to_string())
+                .or_default()
+                .push(s.clone());
         }
         let parts: Vec<VecSource> = parts.into_values().map(VecSource::new).collect();
         let mut folded = Folded::new();

@@ -253,10 +253,10 @@ impl Node {
         plan: &store::query::FoldPlan,
         req: FoldRequest,
     ) -> Option<(store::query::Partial, Vec<String>)> {
-        let resource = plan.selections().ok().and_then(|s| {
-            s.first()
-                .and_then(|s| resource_of(&s.matchers).map(str::to_string))
-        });
+        let selections = plan.selections();
+        let resource = selections
+            .first()
+            .and_then(|s| resource_of(&s.matchers).map(str::to_string));
         let gathered = self
             .scatter(resource.as_deref(), move |node, n, partitions| {
                 let req = FoldRequest {

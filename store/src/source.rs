@@ -146,7 +146,8 @@ pub fn sort_by_labels(series: &mut Vec<SeriesData>) {
 /// Where the query engine reads samples from.
 pub trait Source: Sync {
     /// Every series matching all `matchers` that has at least one sample in
-    /// `[start_ms, end_ms]` (both inclusive), with those samples.
+    /// `[start_ms, end_ms]` (both inclusive), with those samples; each once
+    /// (no two with equal labels), in any order.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesData>;
 }
 

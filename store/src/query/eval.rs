@@ -1,6 +1,6 @@
 //! The evaluator: loads every selector's data once, then evaluates the AST at each step.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -14,11 +14,27 @@ use super::{aggregate, binary, functions, series_major, QueryError, QueryOptions
 use crate::source::{Labels, SeriesData, Source, METRIC_LABEL};
 
 /// One loaded series, with its labels with and without the metric name so
-/// that steps which drop the name share one copy.
+/// that steps which drop the name share one copy (made when first asked
+/// for: an aggregation of a selector never asks).
 pub(crate) struct Series {
     pub labels: Arc<Labels>,
-    pub unnamed: Arc<Labels>,
+    unnamed: OnceCell<Arc<Labels>>,
     pub samples: Vec<(i64, f64)>,
+}
+
+impl Series {
+    pub fn new(labels: Arc<Labels>, samples: Vec<(i64, f64)>) -> Series {
+        Series {
+            labels,
+            unnamed: OnceCell::new(),
+            samples,
+        }
+    }
+
+    /// The labels without the metric name.
+    pub fn unnamed(&self) -> &Arc<Labels> {
+        self.unnamed.get_or_init(|| without_name(&self.labels))
+    }
 }
 
 /// `e` without the parentheses around it.
@@ -129,19 +145,9 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    /// Fetches every selector's data for the whole query, within the limits.
-    pub fn load(
-        source: &dyn Source,
-        ast: &Expr,
-        start_ms: i64,
-        end_ms: i64,
-        opts: &QueryOptions,
-    ) -> Result<Ctx> {
-        Ctx::load_folded(source, ast, start_ms, end_ms, opts, Folded::new())
-    }
-
-    /// [`Ctx::load`] but for the aggregations in `folded`, whose answers
-    /// are taken from their partials instead.
+    /// Fetches every selector's data for the whole query, within the
+    /// limits, but for the aggregations in `folded`, whose answers are
+    /// taken from their partials instead.
     pub fn load_folded(
         source: &dyn Source,
         ast: &Expr,
@@ -166,10 +172,28 @@ impl Ctx {
                 Ok((fold::key(e), p.finish()))
             })
             .collect::<Result<_>>()?;
+        let planned = plan::plan(ast, start_ms, end_ms, opts.lookback_ms, &skip)?;
+        let mut ctx = Ctx::load_planned(source, &planned, start_ms, end_ms, opts, true)?;
+        ctx.folded = folded;
+        Ok(ctx)
+    }
+
+    /// Loads what `planned` (the plan of the AST to be evaluated) selects:
+    /// each selector's series sorted by labels, as the evaluator needs them
+    /// (the order of its answers), or, without `by_labels`, in the order
+    /// the source gave them (enough to fold an aggregation).
+    pub fn load_planned(
+        source: &dyn Source,
+        planned: &[plan::Planned],
+        start_ms: i64,
+        end_ms: i64,
+        opts: &QueryOptions,
+        by_labels: bool,
+    ) -> Result<Ctx> {
         let mut data = HashMap::new();
         let (mut series_total, mut samples_total) = (0usize, 0usize);
-        for p in plan::plan(ast, start_ms, end_ms, opts.lookback_ms, &skip)? {
-            let selected = select_groups(source, &p.groups, p.start_ms, p.end_ms);
+        for p in planned {
+            let selected = select_groups(source, &p.groups, p.start_ms, p.end_ms, by_labels);
             series_total += selected.len();
             if series_total > opts.max_series {
                 return Err(QueryError::TooManySeries {
@@ -186,21 +210,14 @@ impl Ctx {
             }
             let series = selected
                 .into_iter()
-                .map(|s| {
-                    let labels = Arc::new(s.labels);
-                    Series {
-                        unnamed: without_name(&labels),
-                        labels,
-                        samples: s.samples,
-                    }
-                })
+                .map(|s| Series::new(Arc::new(s.labels), s.samples))
                 .collect();
             data.insert(p.key, series);
         }
         Ok(Ctx {
             max_subquery_points: opts.max_points_per_series,
             data,
-            folded,
+            folded: HashMap::new(),
             regexes: RefCell::default(),
             start_ms,
             end_ms,
@@ -373,7 +390,7 @@ impl Ctx {
         self.newest_samples(vs, t)
             .map(|(s, _, v)| Elem {
                 labels: s.labels.clone(),
-                unnamed: s.unnamed.clone(),
+                unnamed: s.unnamed().clone(),
                 value: v,
             })
             .collect()
@@ -426,7 +443,7 @@ impl Ctx {
                 let i = *index.entry(e.labels.clone()).or_insert_with(|| {
                     series.push(Series {
                         labels: e.labels.clone(),
-                        unnamed: e.unnamed.clone(),
+                        unnamed: OnceCell::from(e.unnamed.clone()),
                         samples: Vec::new(),
                     });
                     series.len() - 1
@@ -471,14 +488,16 @@ fn select_groups(
     groups: &[Vec<crate::Matcher>],
     start_ms: i64,
     end_ms: i64,
+    by_labels: bool,
 ) -> Vec<SeriesData> {
     if start_ms > end_ms {
         return Vec::new();
     }
     if let [only] = groups {
-        // Sources usually answer in label order; sort only when not.
         let mut selected = source.select(only, start_ms, end_ms);
-        crate::source::sort_by_labels(&mut selected);
+        if by_labels {
+            crate::source::sort_by_labels(&mut selected);
+        }
         return selected;
     }
     let mut merged = BTreeMap::new();

@@ -92,7 +92,11 @@ pub fn foldable_count(expr: &str) -> Result<usize> {
 /// the query's steps `start_ms + k * step_ms` (an instant query is one
 /// step).
 pub struct FoldPlan {
-    agg: Expr,
+    /// Boxed: `planned` addresses its selectors, which must not move.
+    agg: Box<Expr>,
+    /// What the aggregation selects, planned (and its regexes compiled)
+    /// once for every partition.
+    planned: Vec<plan::Planned>,
     start_ms: i64,
     end_ms: i64,
     step_ms: i64,
@@ -113,12 +117,14 @@ impl FoldPlan {
         let ast = parse(expr)?;
         let agg = foldable(&ast)
             .get(index)
-            .map(|e| (*e).clone())
+            .map(|e| Box::new((*e).clone()))
             .ok_or_else(|| {
                 QueryError::BadParam(format!("{expr:?} has no foldable aggregation {index}"))
             })?;
+        let planned = plan::plan(&agg, start_ms, end_ms, opts.lookback_ms, &HashSet::new())?;
         Ok(FoldPlan {
             agg,
+            planned,
             start_ms,
             end_ms,
             step_ms,
@@ -134,15 +140,8 @@ impl FoldPlan {
     }
 
     /// What the aggregation reads, as a coordinator would fetch it.
-    pub fn selections(&self) -> Result<Vec<Selection>> {
-        let planned = plan::plan(
-            &self.agg,
-            self.start_ms,
-            self.end_ms,
-            self.opts.lookback_ms,
-            &HashSet::new(),
-        )?;
-        Ok(plan::selections(planned))
+    pub fn selections(&self) -> Vec<Selection> {
+        plan::selections(self.planned.clone())
     }
 
     /// The aggregation over the series of `source` (one partition: its
@@ -152,7 +151,14 @@ impl FoldPlan {
     /// query from raw samples, with the generic evaluator's answer.
     pub fn fold(&self, source: &dyn Source) -> Result<Option<Partial>> {
         let fold = Fold::of(&self.agg).expect("foldable by construction");
-        let ctx = Ctx::load(source, &self.agg, self.start_ms, self.end_ms, &self.opts)?;
+        let ctx = Ctx::load_planned(
+            source,
+            &self.planned,
+            self.start_ms,
+            self.end_ms,
+            &self.opts,
+            false,
+        )?;
         let mut partial = self.empty();
         Ok(fold.fold(&ctx, &mut partial).map(|()| partial))
     }

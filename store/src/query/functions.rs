@@ -356,8 +356,8 @@ fn timestamp(ctx: &Ctx, args: &[&Expr], t: i64) -> Result<Vec<Elem>> {
         return Ok(ctx
             .newest_samples(vs, t)
             .map(|(s, ts, _)| Elem {
-                labels: s.unnamed.clone(),
-                unnamed: s.unnamed.clone(),
+                labels: s.unnamed().clone(),
+                unnamed: s.unnamed().clone(),
                 value: ts as f64 / 1000.0,
             })
             .collect());
@@ -459,11 +459,11 @@ fn range_call(ctx: &Ctx, f: RangeFn, args: &[&Expr], t: i64) -> Result<Val> {
         let labels = if f == RangeFn::Last {
             &w.series.labels
         } else {
-            &w.series.unnamed
+            w.series.unnamed()
         };
         out.push(Elem {
             labels: labels.clone(),
-            unnamed: w.series.unnamed.clone(),
+            unnamed: w.series.unnamed().clone(),
             value: v,
         });
     }

@@ -19,6 +19,7 @@ pub struct Selection {
 }
 
 /// A selector of the AST with what it needs over the whole query.
+#[derive(Clone)]
 pub(crate) struct Planned {
     /// The selector's address in the AST, which lives as long as the query.
     pub key: usize,

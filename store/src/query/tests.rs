@@ -162,7 +162,7 @@ fn a_moved_range_selector_answers_as_a_copied_one() {
         for t in [0, 60, 119, 120, 121, 200, 500] {
             let t = t * 1000;
             let ast = super::parse(q).unwrap();
-            let copied = super::eval::Ctx::load(&source, &ast, t, t, &o)
+            let copied = super::eval::Ctx::load_folded(&source, &ast, t, t, &o, Folded::new())
                 .and_then(|ctx| ctx.instant(&ast, t));
             let moved = instant_query(&source, q, t, &o);
             assert_eq!(format!("{moved:?}"), format!("{copied:?}"), "{q} at {t} ms");

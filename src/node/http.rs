@@ -608,7 +608,41 @@ mod tests {
         ] {
             assert_eq!(format_value(v), s);
         }
-        assert_eq!(point(1_435_781_451_781, 1.0), json!([1435781451.781, "1"]));
+        assert_eq!(
+            serde_json::to_value(Point(1_435_781_451_781, 1.0)).unwrap(),
+            json!([1435781451.781, "1"])
+        );
+        // A whole answer, as Prometheus shapes it.
+        let m = Value::Matrix(vec![store::SeriesData {
+            labels: Labels::new(vec![
+                ("__name__".into(), "m".into()),
+                ("a".into(), "b".into()),
+            ]),
+            samples: vec![(1_000, 2.5), (2_000, f64::NAN)],
+        }]);
+        let answer = Answer {
+            status: "success",
+            data: AnswerData(&m),
+            warnings: vec!["w".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            json!({"status": "success", "warnings": ["w"], "data": {"resultType": "matrix", "result": [
+                {"metric": {"__name__": "m", "a": "b"}, "values": [[1.0, "2.5"], [2.0, "NaN"]]}
+            ]}})
+        );
+        let v = Value::Vector(vec![(Labels::default(), 3_000, 1.0)]);
+        let answer = Answer {
+            status: "success",
+            data: AnswerData(&v),
+            warnings: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_value(&answer).unwrap(),
+            json!({"status": "success", "data": {"resultType": "vector", "result": [
+                {"metric": {}, "value": [3.0, "1"]}
+            ]}})
+        );
     }
 
     #[test]

@@ -361,14 +361,7 @@ impl Node {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.1);
         }
-        let client = self
-            .peer(n, Lane::Requests)
-            .ok_or_else(|| format!("node {n} is not in the map"))?;
-        let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-        let bytes = client
-            .request(Kind::Fold, &payload, READ_DEADLINE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let bytes = self.ask(n, Kind::Fold, &req).await?;
         let reply = FoldReply::decode(&bytes).map_err(|e| e.1)?;
         let partial = reply
             .partial
@@ -423,16 +416,26 @@ impl Node {
             .await
             .map_err(|e| e.to_string());
         }
+        let bytes = self.ask(n, Kind::Select, &req).await?;
+        let reply = SelectReply::decode(&bytes).map_err(|e| e.1)?;
+        Ok((decode_series(reply.batch)?, reply.missing))
+    }
+
+    /// Sends a query part to node `n` as JSON and waits for its answer.
+    async fn ask(
+        &self,
+        n: NodeId,
+        kind: Kind,
+        req: &impl serde::Serialize,
+    ) -> Result<Bytes, String> {
         let client = self
             .peer(n, Lane::Requests)
             .ok_or_else(|| format!("node {n} is not in the map"))?;
-        let payload = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-        let bytes = client
-            .request(Kind::Select, &payload, READ_DEADLINE)
+        let payload = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        client
+            .request(kind, &payload, READ_DEADLINE)
             .await
-            .map_err(|e| e.to_string())?;
-        let reply = SelectReply::decode(&bytes).map_err(|e| e.1)?;
-        Ok((decode_series(reply.batch)?, reply.missing))
+            .map_err(|e| e.to_string())
     }
 }
 

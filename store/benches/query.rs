@@ -4,7 +4,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use store::batch::BatchBuilder;
-use store::query::{instant_query, range_query, QueryOptions, VecSource};
+use store::query::{
+    instant_query, instant_query_folded, range_query, FoldPlan, Folded, QueryOptions, Value,
+    VecSource,
+};
 use store::{Labels, MatchOp, Matcher, PartitionId, SeriesData, Source, Store, StoreConfig, Term};
 
 const INTERVAL_MS: i64 = 10_000;
@@ -129,7 +132,37 @@ fn bench(c: &mut Criterion) {
     c.bench_function("store: sum(avg_over_time(m[1h])), 10k series", |b| {
         b.iter(|| instant_query(&source, "sum(avg_over_time(m[1h]))", end, &opts).unwrap())
     });
-    drop((source, store));
+    // As a node answers it: folded over each partition apart, on every
+    // core, the partials merged (query/fold.rs).
+    let partitions: Vec<_> = ids.iter().map(|&id| store.partition(id).unwrap()).collect();
+    let folded = || {
+        use rayon::prelude::*;
+        let plan = FoldPlan::new(q, 0, end, end, 1, &opts).unwrap();
+        let parts: Vec<_> = partitions
+            .par_iter()
+            .map(|p| plan.fold(&**p).unwrap().unwrap())
+            .collect();
+        let mut merged = plan.empty();
+        for p in parts {
+            merged.merge(p).unwrap();
+        }
+        let folded = Folded::from([(0, merged)]);
+        instant_query_folded(&VecSource::default(), q, end, &opts, folded).unwrap()
+    };
+    match (folded(), instant_query(&source, q, end, &opts).unwrap()) {
+        (Value::Vector(a), Value::Vector(b)) => {
+            assert!(
+                (a[0].2 - b[0].2).abs() < 1e-9 * b[0].2.abs(),
+                "{a:?} vs {b:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    c.bench_function(
+        "store: sum(avg_over_time(m[1h])), 10k series, folded per partition",
+        |b| b.iter(folded),
+    );
+    drop((partitions, source, store));
     c.bench_function(
         "vec source: select m over 1h, 10k series (source only)",
         |b| b.iter(|| many.select(std::slice::from_ref(&m), end - 3_600_000 + 1, end)),

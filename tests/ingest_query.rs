@@ -131,6 +131,11 @@ fn aggregations_folded_on_the_nodes_answer_as_raw_samples() {
     let (end, step) = (end.to_string(), "15".to_string());
     let pairs = [
         ("sum(metric1)", "sum(metric1 + 0)"),
+        // Alternatives that pin two resources: both partitions are asked.
+        (
+            r#"sum(metric1{resource="vm1" or resource="vm2"})"#,
+            r#"sum(metric1{resource="vm1" or resource="vm2"} + 0)"#,
+        ),
         (
             "avg by (resource) (metric2)",
             "avg by (resource) (metric2 + 0)",

@@ -254,9 +254,7 @@ impl Node {
         req: FoldRequest,
     ) -> Option<(store::query::Partial, Vec<String>)> {
         let selections = plan.selections();
-        let resource = selections
-            .first()
-            .and_then(|s| resource_of(&s.matchers).map(str::to_string));
+        let resource = pinned_resource(&selections).map(str::to_string);
         let gathered = self
             .scatter(resource.as_deref(), move |node, n, partitions| {
                 let req = FoldRequest {
@@ -439,10 +437,42 @@ impl Node {
     }
 }
 
+/// The resource every one of `selections` pins, if they all pin the same
+/// one (`{a="1" or b="2"}` is one selection per alternative).
+fn pinned_resource(selections: &[store::query::Selection]) -> Option<&str> {
+    let first = resource_of(&selections.first()?.matchers)?;
+    selections
+        .iter()
+        .all(|s| resource_of(&s.matchers) == Some(first))
+        .then_some(first)
+}
+
 /// The resource a query pins with `resource="..."`, if any: then only its partition is asked.
 fn resource_of(matchers: &[Matcher]) -> Option<&str> {
     matchers
         .iter()
         .find(|m| m.name == store::source::RESOURCE_LABEL && m.op == MatchOp::Equal)
         .map(|m| m.value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use store::query::{selectors, Folded, QueryOptions};
+
+    #[test]
+    fn a_resource_is_pinned_only_when_every_alternative_pins_it() {
+        let pinned = |q: &str| {
+            let s = selectors(q, 0, 0, &QueryOptions::default(), &Folded::new()).unwrap();
+            pinned_resource(&s).map(str::to_string)
+        };
+        assert_eq!(pinned(r#"m{resource="a"}"#).as_deref(), Some("a"));
+        assert_eq!(
+            pinned(r#"m{resource="a" or resource="a", k="1"}"#).as_deref(),
+            Some("a")
+        );
+        assert_eq!(pinned(r#"m{resource="a" or resource="b"}"#), None);
+        assert_eq!(pinned(r#"m{resource="a" or k="1"}"#), None);
+        assert_eq!(pinned("m"), None);
+    }
 }

@@ -41,9 +41,6 @@ enum Command {
     Sim(sim_cli::SimArgs),
 }
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")

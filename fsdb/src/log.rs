@@ -746,6 +746,66 @@ mod tests {
     use super::*;
     use crate::MemBackend;
 
+    /// A map that records the ranges it was asked to fault in.
+    struct Recording {
+        bytes: Vec<u8>,
+        prepared: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+    }
+
+    impl MapMut for Recording {
+        fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.bytes
+        }
+        fn sync_range(&mut self, _: usize, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn prepare_write(&mut self, offset: usize, len: usize) {
+            self.prepared.lock().unwrap().push((offset, offset + len));
+        }
+    }
+
+    /// Appends fault in the pages just ahead of them, never the whole
+    /// write-ahead step (those pages stay resident until synced).
+    #[test]
+    fn appends_fault_in_a_small_window_ahead() {
+        let prepared = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let len = 4 << 20;
+        let mut seg = Segment {
+            name: "s".into(),
+            map: Box::new(Recording {
+                bytes: vec![0; len],
+                prepared: prepared.clone(),
+            }),
+            header: SegmentHeader {
+                gen: 1,
+                base_lsn: Lsn(1),
+                base_term: Term(0),
+                segment_len: len as u64,
+                terms: Vec::new(),
+            },
+            end: DATA_START,
+            synced_end: DATA_START,
+            wm_seq: 0,
+            write_limit: len,
+            populated: DATA_START,
+        };
+        let frame = 1000;
+        while seg.end + frame <= len {
+            seg.populate(seg.end + frame);
+            let ahead = prepared.lock().unwrap().last().map_or(0, |r| r.1) - seg.end;
+            assert!(ahead <= frame + POPULATE_BYTES, "{ahead} bytes ahead");
+            seg.end += frame;
+        }
+        // Each page once, all of them, in order.
+        let ranges = prepared.lock().unwrap().clone();
+        assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
+        assert_eq!(ranges.first().map(|r| r.0), Some(DATA_START));
+        assert!(ranges.last().unwrap().1 >= seg.end);
+    }
+
     fn small() -> LogConfig {
         LogConfig {
             segment_bytes_min: 4096,

@@ -156,12 +156,13 @@ impl Ctx {
         opts: &QueryOptions,
         folded: Folded,
     ) -> Result<Ctx> {
-        let skip = fold::folded_keys(ast, &folded)?;
         let foldable = fold::foldable(ast);
-        let folded = folded
+        let folded: HashMap<usize, Vec<SeriesData>> = folded
             .into_iter()
             .map(|(i, p)| {
-                let e = foldable[i];
+                let e = *foldable.get(i).ok_or_else(|| {
+                    QueryError::Execution(format!("the query has no foldable aggregation {i}"))
+                })?;
                 let op = series_major::Fold::of(e).map(|f| f.op());
                 if op != Some(p.op) || p.start_ms != start_ms {
                     return Err(QueryError::Execution(format!(
@@ -172,6 +173,7 @@ impl Ctx {
                 Ok((fold::key(e), p.finish()))
             })
             .collect::<Result<_>>()?;
+        let skip = folded.keys().copied().collect();
         let planned = plan::plan(ast, start_ms, end_ms, opts.lookback_ms, &skip)?;
         let mut ctx = Ctx::load_planned(source, &planned, start_ms, end_ms, opts, true)?;
         ctx.folded = folded;

@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line; everything it runs lives here so
 //! that benches and end-to-end tests reach the same code.
 
+pub mod alloc;
 pub mod client;
 pub mod cluster_file;
 pub mod control;

@@ -127,6 +127,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<i32> {
         seed: args.seed,
         command,
         note: args.note,
+        heap: crate::alloc::count_heap()?,
     };
     let quiet = args.json;
     let profile = sim::calibrate::calibrate(&config, &mut |phase| {

@@ -9,7 +9,7 @@
 //!    at that interval): every round is one collector batch routed as the
 //!    gateway does (`batch::split` by `partition_of`) and appended with
 //!    `Partition::append`. Process CPU time (getrusage) is taken around the
-//!    routing, the appends and the seals separately; RSS growth gives the
+//!    routing, the appends and the seals separately; heap growth gives the
 //!    memory of a new series and of each sealed chunk (the slope over seals).
 //! 3. **Query**: a PromQL `count_over_time` over every sealed sample of run A.
 //! 4. **Full copy**: `Partition::snapshot` of run A's partitions, installed
@@ -54,6 +54,10 @@ pub struct CalibrateConfig {
     /// The command line, recorded in the profile.
     pub command: String,
     pub note: String,
+    /// Bytes the process has allocated and not freed (by its global
+    /// allocator's count); only differences are used. Resident memory cannot
+    /// stand in: an allocator serves small allocations from pages it holds.
+    pub heap: fn() -> i64,
 }
 
 /// Measures this machine. `progress` receives one line per phase.
@@ -77,7 +81,7 @@ pub fn calibrate(config: &CalibrateConfig, progress: &mut dyn FnMut(&str)) -> Re
     let scale = budget.clamp(1.0, 10.0);
 
     progress("empty partitions");
-    let (partition_rss, partition_disk) = empty_partitions(&tmp.path().join("empty"))?;
+    let (partition_rss, partition_disk) = empty_partitions(&tmp.path().join("empty"), config.heap)?;
 
     progress("run A: 5-minute samples, 24 per chunk");
     let resources_a = (100.0 * scale) as u32;
@@ -90,6 +94,7 @@ pub fn calibrate(config: &CalibrateConfig, progress: &mut dyn FnMut(&str)) -> Re
             RUN_A_INTERVAL_MS,
             config.seed,
         ),
+        config.heap,
     )?;
     let chunk_a = seal_every(RUN_A_INTERVAL_MS);
     a.run_periods(chunk_a, 2, Duration::from_secs_f64(0.45 * budget), false)?;
@@ -115,6 +120,7 @@ pub fn calibrate(config: &CalibrateConfig, progress: &mut dyn FnMut(&str)) -> Re
             RUN_B_INTERVAL_MS,
             config.seed + 1,
         ),
+        config.heap,
     )?;
     let chunk_b = seal_every(RUN_B_INTERVAL_MS);
     let remaining = budget - started.elapsed().as_secs_f64();
@@ -212,16 +218,16 @@ fn open_store(dir: &Path) -> Result<Store> {
 
 /// (heap bytes, disk bytes) of one empty partition. Its mapped first log
 /// segment is resident file memory, counted with the log (logmodel).
-fn empty_partitions(dir: &Path) -> Result<(f64, f64)> {
+fn empty_partitions(dir: &Path, heap: fn() -> i64) -> Result<(f64, f64)> {
     let store = open_store(dir)?;
-    let before = resident()?.anon_bytes;
+    let before = heap();
     for p in 0..EMPTY_PARTITIONS {
         store.create_partition(PartitionId(p))?;
     }
-    let after = resident()?.anon_bytes;
+    let grown = (heap() - before).max(0);
     let (disk, _) = measure::disk_usage(dir)?;
     let n = EMPTY_PARTITIONS as f64;
-    Ok((after.saturating_sub(before) as f64 / n, disk as f64 / n))
+    Ok((grown as f64 / n, disk as f64 / n))
 }
 
 /// One ingest run over its own store.
@@ -233,8 +239,9 @@ struct Run {
     builder: BatchBuilder,
     round: Vec<u8>,
     out: RunFigures,
-    /// Pre-seal points: (sealed chunks so far, RssAnon).
-    pre_seal: Vec<(u64, u64)>,
+    /// Pre-seal points: (sealed chunks so far, heap bytes).
+    pre_seal: Vec<(u64, i64)>,
+    heap: fn() -> i64,
     catch_up_samples_per_s: Option<f64>,
     dir: PathBuf,
 }
@@ -255,7 +262,7 @@ struct RunFigures {
 }
 
 impl Run {
-    fn new(dir: &Path, partitions: u32, workload: Workload) -> Result<Run> {
+    fn new(dir: &Path, partitions: u32, workload: Workload, heap: fn() -> i64) -> Result<Run> {
         let store = open_store(dir)?;
         let parts = (0..partitions)
             .map(|p| store.create_partition(PartitionId(p)))
@@ -269,6 +276,7 @@ impl Run {
             round: Vec::new(),
             out: RunFigures::default(),
             pre_seal: Vec::new(),
+            heap,
             catch_up_samples_per_s: None,
             dir: dir.to_path_buf(),
         })
@@ -294,7 +302,7 @@ impl Run {
             for _ in 0..rounds {
                 let first = first_head.is_none();
                 if let Some(grown) = self.round(first)? {
-                    self.out.series_bytes = grown as f64 / series as f64;
+                    self.out.series_bytes = grown.max(0) as f64 / series as f64;
                 }
                 if first {
                     let m = self.store.memory_stats();
@@ -311,7 +319,7 @@ impl Run {
                     / stats.head_samples.saturating_sub(s0).max(1) as f64;
             }
             let chunks = periods as u64 * series;
-            self.pre_seal.push((chunks, resident()?.anon_bytes));
+            self.pre_seal.push((chunks, (self.heap)()));
             if measure_catch_up && self.catch_up_samples_per_s.is_none() {
                 let rate = self.catch_up(stats.head_samples)?;
                 self.catch_up_samples_per_s = Some(rate);
@@ -330,17 +338,16 @@ impl Run {
             for _ in 0..rounds {
                 self.round(false)?;
             }
-            self.pre_seal
-                .push((periods as u64 * series, resident()?.anon_bytes));
+            self.pre_seal.push((periods as u64 * series, (self.heap)()));
             self.out.chunk_heap_bytes = slope(&self.pre_seal).max(0.0);
         }
         Ok(())
     }
 
     /// One collector round: route it as the gateway does, then append every
-    /// group. With `measure`, returns the growth of RssAnon over the appends
+    /// group. With `measure`, returns the growth of the heap over the appends
     /// alone (the batches are already built and still alive then).
-    fn round(&mut self, measure: bool) -> Result<Option<u64>> {
+    fn round(&mut self, measure: bool) -> Result<Option<i64>> {
         self.workload.next_round(&mut self.builder, &mut self.round);
         let partitions = self.partition_count;
         let cpu0 = cpu_seconds()?;
@@ -349,20 +356,13 @@ impl Run {
         let groups = batch::split(&view, |key| {
             controller::partition_of(key.resource.as_bytes(), partitions).0
         });
-        let anon = if measure {
-            Some(resident()?.anon_bytes)
-        } else {
-            None
-        };
+        let heap = measure.then(self.heap);
         let cpu1 = cpu_seconds()?;
         for (p, group) in &groups {
             self.partitions[*p as usize].append(Term(1), group)?;
         }
         let cpu2 = cpu_seconds()?;
-        let grown = match anon {
-            Some(before) => Some(resident()?.anon_bytes.saturating_sub(before)),
-            None => None,
-        };
+        let grown = heap.map(|before| (self.heap)() - before);
         self.out.route_cpu += cpu1 - cpu0;
         self.out.ingest_cpu += cpu2 - cpu1;
         self.out.samples += samples;
@@ -440,7 +440,7 @@ impl Run {
 }
 
 /// Least-squares slope of y over x.
-fn slope(points: &[(u64, u64)]) -> f64 {
+fn slope(points: &[(u64, i64)]) -> f64 {
     let n = points.len() as f64;
     if points.len() < 2 {
         return 0.0;

@@ -69,7 +69,8 @@ pub struct Cpu {
     pub seal_ns_per_sample: f64,
 }
 
-/// Resident memory, measured as growth of the process' RSS (RssAnon) unless noted.
+/// Memory, measured as growth of the bytes the process has allocated and not
+/// freed (its global allocator's count) unless noted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Memory {
     /// VmRSS of an idle tandem process (the calibrating one, before it starts).

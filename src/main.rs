@@ -41,9 +41,6 @@ enum Command {
     Sim(sim_cli::SimArgs),
 }
 
-#[global_allocator]
-static GLOBAL: tandem::alloc::Counting = tandem::alloc::Counting;
-
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")

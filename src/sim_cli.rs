@@ -127,7 +127,7 @@ fn calibrate(args: CalibrateArgs) -> anyhow::Result<i32> {
         seed: args.seed,
         command,
         note: args.note,
-        heap: crate::alloc::count_heap()?,
+        heap: crate::alloc::heap_bytes,
     };
     let quiet = args.json;
     let profile = sim::calibrate::calibrate(&config, &mut |phase| {

@@ -22,10 +22,11 @@ pub trait MapMut: Send + Sync {
     /// Hint: `offset..offset + len` is about to be written (lets the real backend fault the
     /// pages in with one call instead of one trap per page). Best effort.
     fn prepare_write(&mut self, _offset: usize, _len: usize) {}
-    /// Hint: `offset..offset + len` is durable and will rarely be read again
-    /// (a log's synced records): the real backend drops those pages from
-    /// the process's resident memory; the page cache keeps them, and a later
-    /// read faults them back in. Best effort.
+    /// Hint: `offset..offset + len` was written and will rarely be read again
+    /// (a log's records behind its appends): the real backend drops those
+    /// pages from the process's resident memory. The page cache keeps them,
+    /// dirty ones stay dirty (a later `sync_range` still writes them), and a
+    /// later read faults them back in. Best effort.
     fn release(&mut self, _offset: usize, _len: usize) {}
 }
 

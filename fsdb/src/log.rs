@@ -93,13 +93,16 @@ struct Segment {
     write_limit: usize,
     /// Pages before this offset were faulted in for writing (see [`POPULATE_BYTES`]).
     populated: usize,
+    /// Pages from the second one up to this offset were dropped from resident
+    /// memory ([`Segment::release_behind`]).
+    released: usize,
 }
 
 /// Appends fault the pages they are about to write in this many bytes at
 /// a time, one call instead of a trap per page. Not the whole write-ahead
-/// step: those pages stay resident until synced, and over a thousand
-/// partitions a step of megabytes each came to half the node's memory.
-const POPULATE_BYTES: usize = 64 << 10;
+/// step: populated pages are resident, and over a thousand partitions a
+/// step of megabytes each came to half the node's memory.
+const POPULATE_BYTES: usize = 32 << 10;
 
 impl Segment {
     /// Writes the next watermark slot and makes it durable.
@@ -140,8 +143,23 @@ impl Segment {
             .saturating_add(POPULATE_BYTES)
             .min(self.write_limit)
             .max(need);
+        self.release_behind();
         self.map.prepare_write(from, to - from);
         self.populated = to;
+    }
+
+    /// Drops the whole pages the appends have passed from resident memory.
+    /// They are read again only by a catch-up or a restart; the page cache
+    /// keeps them, and unsynced ones stay dirty there until `sync` msyncs
+    /// the range, so nothing written is lost. Never the first page, where
+    /// the header and the watermark live.
+    fn release_behind(&mut self) {
+        let from = self.released.max(PAGE);
+        let to = (self.end / PAGE) * PAGE;
+        if to > from {
+            self.map.release(from, to - from);
+            self.released = to;
+        }
     }
 }
 
@@ -269,6 +287,7 @@ impl PartitionLog {
             wm_seq: wm.seq,
             write_limit: limit,
             populated: DATA_START,
+            released: 0,
         })
     }
 
@@ -381,6 +400,7 @@ impl PartitionLog {
             wm_seq: 1,
             write_limit: wm.write_limit as usize,
             populated: DATA_START,
+            released: 0,
         })
     }
 
@@ -654,15 +674,7 @@ impl PartitionLog {
                 seg.synced_end = old;
                 return Err(e);
             }
-            // Synced records are read again only by a catch-up or a restart:
-            // keep them out of resident memory (whole pages, never the
-            // header page the watermark lives in).
-            let from = (old / PAGE) * PAGE;
-            let from = from.max(PAGE);
-            let to = (seg.synced_end / PAGE) * PAGE;
-            if to > from {
-                seg.map.release(from, to - from);
-            }
+            seg.release_behind();
         }
         Ok(())
     }
@@ -746,10 +758,13 @@ mod tests {
     use super::*;
     use crate::MemBackend;
 
-    /// A map that records the ranges it was asked to fault in.
+    type Ranges = Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
+
+    /// A map that records the ranges it was asked to fault in and to release.
     struct Recording {
         bytes: Vec<u8>,
-        prepared: Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+        prepared: Ranges,
+        released: Ranges,
     }
 
     impl MapMut for Recording {
@@ -765,19 +780,25 @@ mod tests {
         fn prepare_write(&mut self, offset: usize, len: usize) {
             self.prepared.lock().unwrap().push((offset, offset + len));
         }
+        fn release(&mut self, offset: usize, len: usize) {
+            self.released.lock().unwrap().push((offset, offset + len));
+        }
     }
 
     /// Appends fault in the pages just ahead of them, never the whole
-    /// write-ahead step (those pages stay resident until synced).
+    /// write-ahead step, and release the pages behind them: the resident
+    /// part of a segment stays a small window around the appends.
     #[test]
-    fn appends_fault_in_a_small_window_ahead() {
-        let prepared = Arc::new(std::sync::Mutex::new(Vec::new()));
+    fn appends_keep_a_small_window_resident() {
+        let prepared = Ranges::default();
+        let released = Ranges::default();
         let len = 4 << 20;
         let mut seg = Segment {
             name: "s".into(),
             map: Box::new(Recording {
                 bytes: vec![0; len],
                 prepared: prepared.clone(),
+                released: released.clone(),
             }),
             header: SegmentHeader {
                 gen: 1,
@@ -791,19 +812,27 @@ mod tests {
             wm_seq: 0,
             write_limit: len,
             populated: DATA_START,
+            released: 0,
         };
         let frame = 1000;
         while seg.end + frame <= len {
             seg.populate(seg.end + frame);
             let ahead = prepared.lock().unwrap().last().map_or(0, |r| r.1) - seg.end;
             assert!(ahead <= frame + POPULATE_BYTES, "{ahead} bytes ahead");
+            let behind = seg.end - released.lock().unwrap().last().map_or(0, |r| r.1);
+            assert!(behind <= POPULATE_BYTES + 2 * PAGE, "{behind} bytes behind");
             seg.end += frame;
         }
-        // Each page once, all of them, in order.
+        // Each page once, all of them, in order; released: every whole page
+        // written but the first (the header's), once each, in order.
         let ranges = prepared.lock().unwrap().clone();
         assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
         assert_eq!(ranges.first().map(|r| r.0), Some(DATA_START));
         assert!(ranges.last().unwrap().1 >= seg.end);
+        let ranges = released.lock().unwrap().clone();
+        assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
+        assert_eq!(ranges.first().map(|r| r.0), Some(PAGE));
+        assert!(ranges.last().unwrap().1 > seg.end - POPULATE_BYTES - 2 * PAGE);
     }
 
     fn small() -> LogConfig {

@@ -104,8 +104,8 @@ pub fn parse_line<'a>(
 }
 
 /// The line nearly every collector sends, in one pass: `path value seconds`
-/// with single spaces, an ASCII path without tags, a plain decimal value and
-/// whole seconds. `None` hands the line to [`parse_any`], which takes every
+/// with single spaces, a printable ASCII path (tags or not), a plain decimal
+/// value and whole seconds. `None` hands the line to [`parse_any`], which takes every
 /// form and names the errors; on the lines this accepts the two agree (a
 /// proptest checks it).
 fn parse_plain<'a>(line: &'a [u8], config: &GraphiteConfig) -> Option<Line<'a>> {
@@ -118,38 +118,20 @@ fn parse_plain<'a>(line: &'a [u8], config: &GraphiteConfig) -> Option<Line<'a>> 
     let value = plain_decimal(&rest[..value_end])?;
     let timestamp_ms = plain_seconds(&rest[value_end + 1..])?.checked_mul(1000)?;
     let path = &line[..path_end];
-    // Anything but printable ASCII without `;` (tags) takes the long way; no
-    // early exit, so the check runs on whole vectors.
-    let odd = path.iter().fold(false, |odd, &b| {
-        odd | !(b'!'..=b'~').contains(&b) | (b == b';')
-    });
+    // Anything but printable ASCII takes the long way; no early exit, so the
+    // check runs on whole vectors.
+    let odd = path
+        .iter()
+        .fold(false, |odd, &b| odd | !(b'!'..=b'~').contains(&b));
     if odd {
         return None;
     }
-    let mut cut = None;
-    let mut from = 0;
-    for _ in 0..config.resource_depth {
-        match path[from..].iter().position(|&b| b == b'.') {
-            Some(at) => {
-                cut = Some(from + at);
-                from += at + 1;
-            }
-            None => {
-                cut = None;
-                break;
-            }
-        }
-    }
-    let last_dot = || path.iter().rposition(|&b| b == b'.');
-    let cut = cut.or_else(last_dot)?;
-    if cut == 0 || cut + 1 == path.len() {
-        return None;
-    }
     let path = std::str::from_utf8(path).ok()?;
+    let (resource, metric, tags) = split_key(path, config.resource_depth).ok()?;
     Some(Line {
-        resource: &path[..cut],
-        metric: &path[cut + 1..],
-        tags: Vec::new(),
+        resource,
+        metric,
+        tags,
         timestamp_ms,
         value,
     })
@@ -218,6 +200,23 @@ fn parse_any<'a>(
     if fields.next().is_some() {
         return Err(LineError::TooManyFields);
     }
+    let (resource, metric, tags) = split_key(path, config.resource_depth)?;
+    Ok(Line {
+        resource,
+        metric,
+        tags,
+        timestamp_ms,
+        value,
+    })
+}
+
+/// Tags other than `resource`, in input order.
+type Tags<'a> = Vec<(&'a str, &'a str)>;
+
+/// A path with its optional `;name=value` tags: resource, metric and the
+/// other tags. A `resource` tag names the resource and leaves the whole
+/// name as the metric; without one, the name is split by [`split_path`].
+fn split_key(path: &str, depth: usize) -> Result<(&str, &str, Tags<'_>), LineError> {
     let (name, tag_text) = match path.split_once(';') {
         Some((name, tags)) => (name, Some(tags)),
         None => (path, None),
@@ -239,18 +238,12 @@ fn parse_any<'a>(
     }
     let (resource, metric) = match resource_tag {
         Some(resource) => (resource, name),
-        None => split_path(name, config.resource_depth)?,
+        None => split_path(name, depth)?,
     };
     if metric.is_empty() || resource.is_empty() {
         return Err(LineError::NoResource);
     }
-    Ok(Line {
-        resource,
-        metric,
-        tags,
-        timestamp_ms,
-        value,
-    })
+    Ok((resource, metric, tags))
 }
 
 /// `collectd.web01.load.shortterm` at depth 2 is resource `collectd.web01`,
@@ -525,6 +518,12 @@ mod tests {
             "a. 1 1",
             "a..c 1 1",
             "abc 1 1",
+            "m;resource=r 1.5 1700000000",
+            "m.x;resource=r;b=c=d 1 1",
+            "m;resource=r;resource=s 1 1",
+            "m;resource= 1 1",
+            "m;=r 1 1",
+            "a.b.c; 1 1",
         ] {
             let any = parse_any(line.as_bytes(), &config, NOW);
             if let Some(plain) = parse_plain(line.as_bytes(), &config) {

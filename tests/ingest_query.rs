@@ -329,6 +329,11 @@ fn values_come_back_exactly_through_native_and_graphite() {
         metrics.contains("tandem_graphite_unterminated_lines_total 1"),
         "{metrics}"
     );
+    // The allocator's count covers at least what the store accounts for.
+    let heap = metric_value(&metrics, "tandem_heap_allocated_bytes");
+    let store = metric_value(&metrics, "tandem_store_index_bytes")
+        + metric_value(&metrics, "tandem_store_head_bytes");
+    assert!(store > 0.0 && heap >= store, "heap {heap}, store {store}");
 }
 
 #[test]

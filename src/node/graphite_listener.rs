@@ -89,39 +89,44 @@ fn feed(splitter: &mut LineSplitter, groups: &mut Groups, node: &Node, bytes: &[
     });
 }
 
-/// One batch builder per partition touched since the last flush.
+/// One batch builder per partition, indexed by partition.
 struct Groups {
-    partitions: u32,
-    builders: std::collections::HashMap<u32, store::batch::BatchBuilder>,
+    builders: Vec<store::batch::BatchBuilder>,
     /// Samples held in the builders.
     samples: usize,
+    /// Lines since the last flush, counted into the node's metrics then
+    /// (one shared counter per line was contended between connections).
+    lines: u64,
 }
 
 impl Groups {
     fn new(partitions: u32) -> Groups {
         Groups {
-            partitions,
-            builders: Default::default(),
+            builders: (0..partitions).map(|_| Default::default()).collect(),
             samples: 0,
+            lines: 0,
         }
     }
 
+    fn partitions(&self) -> u32 {
+        self.builders.len() as u32
+    }
+
     fn add(&mut self, node: &Node, line: &[u8], now_ms: i64) {
-        node.metrics.add_graphite_lines(1);
-        let parsed = match parse_line(line, &node.graphite, now_ms) {
+        self.lines += 1;
+        let mut parsed = match parse_line(line, &node.graphite, now_ms) {
             Ok(l) => l,
             Err(e) => return node.metrics.add_bad_line(e, line),
         };
-        let mut tags = parsed.tags.clone();
+        let tags = &mut parsed.tags;
         tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
         tags.dedup_by(|a, b| a.0 == b.0);
-        let p = partition_of(parsed.resource.as_bytes(), self.partitions).0;
-        let builder = self.builders.entry(p).or_default();
-        if builder
+        let p = partition_of(parsed.resource.as_bytes(), self.partitions()).0;
+        if self.builders[p as usize]
             .push(
                 parsed.resource,
                 parsed.metric,
-                &tags,
+                &parsed.tags,
                 parsed.timestamp_ms,
                 parsed.value,
             )
@@ -134,9 +139,11 @@ impl Groups {
     }
 
     async fn flush(&mut self, node: &Arc<Node>) {
+        node.metrics
+            .add_graphite_lines(std::mem::take(&mut self.lines));
         let mut groups = Vec::new();
         let mut samples = 0;
-        for (p, b) in self.builders.iter_mut() {
+        for (p, b) in self.builders.iter_mut().enumerate() {
             if b.is_empty() {
                 continue;
             }
@@ -144,7 +151,7 @@ impl Groups {
             let mut bytes = Vec::new();
             b.encode(&mut bytes);
             b.clear();
-            groups.push((*p, bytes));
+            groups.push((p as u32, bytes));
         }
         self.samples = 0;
         if groups.is_empty() {

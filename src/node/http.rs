@@ -501,6 +501,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     );
     let _ = writeln!(
         extra,
+        "# HELP tandem_heap_allocated_bytes Bytes the process has allocated and not freed (the store, buffers, connections); resident memory adds the allocator's free pages and the mapped files.\n# TYPE tandem_heap_allocated_bytes gauge\ntandem_heap_allocated_bytes {}",
+        crate::alloc::heap_bytes()
+    );
+    let _ = writeln!(
+        extra,
         "# TYPE tandem_map_epoch gauge\ntandem_map_epoch {}",
         node.map().epoch.0
     );

@@ -217,23 +217,31 @@ type Tags<'a> = Vec<(&'a str, &'a str)>;
 /// other tags. A `resource` tag names the resource and leaves the whole
 /// name as the metric; without one, the name is split by [`split_path`].
 fn split_key(path: &str, depth: usize) -> Result<(&str, &str, Tags<'_>), LineError> {
-    let (name, tag_text) = match path.split_once(';') {
+    let (name, mut tag_text) = match split_at_byte(path, b';') {
         Some((name, tags)) => (name, Some(tags)),
         None => (path, None),
     };
     let mut resource_tag = None;
     let mut tags = Vec::new();
-    if let Some(tag_text) = tag_text {
-        for tag in tag_text.split(';') {
-            let (k, v) = tag.split_once('=').ok_or(LineError::BadTag)?;
-            if k.is_empty() || v.is_empty() {
-                return Err(LineError::BadTag);
+    while let Some(text) = tag_text {
+        let tag = match split_at_byte(text, b';') {
+            Some((tag, rest)) => {
+                tag_text = Some(rest);
+                tag
             }
-            if k == "resource" {
-                resource_tag = Some(v);
-            } else {
-                tags.push((k, v));
+            None => {
+                tag_text = None;
+                text
             }
+        };
+        let (k, v) = split_at_byte(tag, b'=').ok_or(LineError::BadTag)?;
+        if k.is_empty() || v.is_empty() {
+            return Err(LineError::BadTag);
+        }
+        if k == "resource" {
+            resource_tag = Some(v);
+        } else {
+            tags.push((k, v));
         }
     }
     let (resource, metric) = match resource_tag {
@@ -244,6 +252,13 @@ fn split_key(path: &str, depth: usize) -> Result<(&str, &str, Tags<'_>), LineErr
         return Err(LineError::NoResource);
     }
     Ok((resource, metric, tags))
+}
+
+/// The text before and after the first `b` (ASCII). `find_byte` rather than
+/// `str::split_once`: a path is short, and tags are split on every line of a
+/// tagged load.
+fn split_at_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    find_byte(b, s.as_bytes()).map(|i| (&s[..i], &s[i + 1..]))
 }
 
 /// `collectd.web01.load.shortterm` at depth 2 is resource `collectd.web01`,

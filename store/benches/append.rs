@@ -16,6 +16,10 @@ use store::batch::BatchBuilder;
 use store::{Partition, PartitionId, SeriesKey, Store, StoreConfig, Term};
 use xxhash_rust::xxh3::xxh3_64;
 
+/// The allocator the `tandem` binary ships with (src/alloc.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Samples = Vec<(i64, f64)>;
 
 const SERIES: usize = 100_000;

@@ -10,6 +10,10 @@ use store::query::{
 };
 use store::{Labels, MatchOp, Matcher, PartitionId, SeriesData, Source, Store, StoreConfig, Term};
 
+/// The allocator the `tandem` binary ships with (src/alloc.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INTERVAL_MS: i64 = 10_000;
 const PARTITIONS: u32 = 16;
 

@@ -105,9 +105,9 @@ pub fn parse_line<'a>(
 
 /// The line nearly every collector sends, in one pass: `path value seconds`
 /// with single spaces, a printable ASCII path (tags or not), a plain decimal
-/// value and whole seconds. `None` hands the line to [`parse_any`], which takes every
-/// form and names the errors; on the lines this accepts the two agree (a
-/// proptest checks it).
+/// value and whole seconds. `None` hands the line to [`parse_any`], which
+/// takes every form and names the errors; on the lines this accepts the two
+/// agree (a proptest checks it).
 fn parse_plain<'a>(line: &'a [u8], config: &GraphiteConfig) -> Option<Line<'a>> {
     if line.len() > config.line_bytes_max {
         return None;
@@ -545,6 +545,20 @@ mod tests {
                 assert_eq!(Ok(plain), any, "{line}");
             }
             check_same(line.as_bytes(), &config);
+        }
+    }
+
+    /// The common forms, tagged or not, take the one-pass parser (the
+    /// general one gives the same answers, only slower).
+    #[test]
+    fn common_lines_take_the_one_pass_parser() {
+        let config = GraphiteConfig::default();
+        for line in [
+            "dc1.vm7.cpu.usage 12.5 1700000000",
+            "metric5;resource=vm123 -0.25 1700000000",
+            "cpu.steal;resource=vm7;core=3 1 1700000000",
+        ] {
+            assert!(parse_plain(line.as_bytes(), &config).is_some(), "{line}");
         }
     }
 

@@ -320,6 +320,12 @@ fn values_come_back_exactly_through_native_and_graphite() {
         metrics.contains("tandem_graphite_empty_lines_total 2"),
         "{metrics}"
     );
+    // Every line but the blank ones, good or bad, the half line at close
+    // included (a connection adds its count once per flush).
+    assert!(
+        metrics.contains("tandem_graphite_lines_total 7"),
+        "{metrics}"
+    );
     // Nothing caught up on a fresh cluster; the counter #6's resync figure reads is there.
     assert!(
         metrics.contains("tandem_catchup_bytes_received_total 0"),

@@ -46,9 +46,10 @@ impl MapMut for RwMap {
         let len = len.min(self.map.len().saturating_sub(offset));
         // SAFETY: the map is a shared mapping of a file (MmapMut::map_mut),
         // so MADV_DONTNEED only drops our page-table entries: the bytes stay
-        // in the page cache and in the file, and the next access reads them
-        // back. No reference into the range is held across this call (the
-        // caller has `&mut self`).
+        // in the page cache (a dirty page stays dirty, and msync or the
+        // kernel's writeback still writes it to the file), and the next
+        // access reads them back. No reference into the range is held
+        // across this call (the caller has `&mut self`).
         #[cfg(target_os = "linux")]
         let _ = unsafe {
             self.map

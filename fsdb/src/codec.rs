@@ -12,6 +12,7 @@
 //! sample count in the header, so [`ChunkEncoder::bytes`] is a complete,
 //! decodable chunk after every [`ChunkEncoder::push`].
 
+use crate::varint::{unzigzag, zigzag};
 use thiserror::Error;
 
 /// Format version, the first byte of every chunk.
@@ -229,14 +230,6 @@ impl<'a> BitReader<'a> {
         self.pos += u64::from(consumed);
         Some(n)
     }
-}
-
-fn zigzag(x: i64) -> u64 {
-    ((x << 1) ^ (x >> 63)) as u64
-}
-
-fn unzigzag(u: u64) -> i64 {
-    ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
 /// Bits needed to hold `u`.

@@ -13,6 +13,7 @@ pub mod log;
 pub mod membackend;
 pub mod mmap;
 mod segment;
+pub mod varint;
 
 pub use backend::{Backend, Map, MapMut};
 pub use chunkfile::{delete_expired, ChunkFile, ChunkFileWriter, ChunkMeta, RetentionReport};

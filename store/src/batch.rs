@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::memory::HashIndex;
 use crate::series::{encode_parts, KeyRef, SeriesKey, STRING_BYTES_MAX, TAGS_MAX};
 use crate::source::{METRIC_LABEL, RESOURCE_LABEL};
+use fsdb::varint::{self, unzigzag, zigzag};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -52,12 +53,12 @@ where
 }
 
 fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
-    put_varint(out, samples.len() as u64);
+    varint::put(out, samples.len() as u64);
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut prev = 0i64;
     for &(ts, v) in samples {
-        put_varint(out, zigzag(ts.wrapping_sub(prev)));
+        varint::put(out, zigzag(ts.wrapping_sub(prev)));
         out.extend_from_slice(&v.to_bits().to_le_bytes());
         prev = ts;
     }
@@ -295,7 +296,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
             .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad series key"))?;
         pos += used;
         let (n, used) =
-            get_varint(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
+            varint::get(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
         pos += used;
         if n == 0 || n as usize > SAMPLES_MAX - sample_count {
             return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
@@ -311,7 +312,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
             .filter(|&e| e <= body.len())
             .ok_or_else(|| malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
         for _ in 0..n {
-            let (_, used) = get_varint(&body[pos..end])
+            let (_, used) = varint::get(&body[pos..end])
                 .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;
             pos += used + 8;
             if pos > end {
@@ -386,7 +387,7 @@ impl<'a> Iterator for SeriesIter<'a> {
         // The batch was validated by `decode`; a failure ends iteration.
         let rest = self.body.get(self.pos..)?;
         let key_len = crate::series::key_len(rest)?;
-        let (n, used) = get_varint(&rest[key_len..])?;
+        let (n, used) = varint::get(&rest[key_len..])?;
         let len_at = key_len + used;
         let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
         let samples_start = len_at + 4;
@@ -431,7 +432,7 @@ impl Iterator for SampleIter<'_> {
             return None;
         }
         self.left -= 1;
-        let (d, used) = get_varint(self.bytes.get(self.pos..)?)?;
+        let (d, used) = varint::get(self.bytes.get(self.pos..)?)?;
         let p = self.pos + used;
         let raw: [u8; 8] = self.bytes.get(p..p + 8)?.try_into().ok()?;
         self.pos = p + 8;
@@ -440,77 +441,10 @@ impl Iterator for SampleIter<'_> {
     }
 }
 
-fn zigzag(v: i64) -> u64 {
-    ((v << 1) ^ (v >> 63)) as u64
-}
-
-fn unzigzag(v: u64) -> i64 {
-    ((v >> 1) as i64) ^ -((v & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A varint of up to 8 bytes (56 bits: every timestamp delta and count of
-/// a batch) from one load, its 7-bit groups gathered in three steps; longer
-/// ones, and the last 7 bytes of a slice, byte by byte.
-#[inline]
-fn get_varint(bytes: &[u8]) -> Option<(u64, usize)> {
-    if let Some(word) = bytes.get(..8) {
-        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let ends = !word & 0x8080_8080_8080_8080;
-        if ends != 0 {
-            let len = ends.trailing_zeros() / 8 + 1;
-            let x = (word & (u64::MAX >> (64 - 8 * len))) & 0x7f7f_7f7f_7f7f_7f7f;
-            let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-            let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-            let x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
-            return Some((x, len as usize));
-        }
-    }
-    get_varint_bytewise(bytes)
-}
-
-fn get_varint_bytewise(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        if i == 9 && b > 1 {
-            return None;
-        }
-        v |= ((b & 0x7f) as u64) << (7 * i);
-        if b < 0x80 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn varints_read_from_one_load_as_byte_by_byte(
-            v in prop_oneof![any::<u64>(), 0u64..1 << 14, (0u64..1 << 56).prop_map(|v| v | 1 << 48)],
-            junk in any::<[u8; 12]>(),
-            raw in any::<[u8; 12]>(),
-        ) {
-            let mut bytes = Vec::new();
-            put_varint(&mut bytes, v);
-            let used = bytes.len();
-            bytes.extend_from_slice(&junk);
-            prop_assert_eq!(get_varint(&bytes), Some((v, used)));
-            prop_assert_eq!(get_varint(&bytes[..used]), Some((v, used)));
-            prop_assert_eq!(get_varint(&raw), get_varint_bytewise(&raw));
-        }
-    }
 
     type Owned = Vec<(SeriesKey, Vec<(i64, f64)>)>;
 

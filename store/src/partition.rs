@@ -7,8 +7,8 @@
 //!
 //! Files, under the partition's directory:
 //! - `log/`: the fsdb partition log; each record's payload is one batch;
-//! - `chunks/<covered_lsn>.chunk`: sealed chunk files, in seal order;
-//! - `stats`: the rejected-sample counter as of the newest chunk file (the
+//! - `chunks/<covered_lsn>.chunk`: sealed chunk files, in seal order. Each
+//!   carries the rejected-sample counter as of its seal in its header (the
 //!   log records it covers are trimmed, so replay cannot recount them).
 //!
 //! Seal policy: [`Partition::seal`] writes *every* unsealed sample (head
@@ -148,7 +148,7 @@ pub(crate) struct State {
     sealing: Option<Arc<Sealing>>,
     pub files: Vec<ChunkFile>,
     pub covered: Lsn,
-    /// Rejections counted before `covered` (persisted in `stats`).
+    /// Rejections counted before `covered` (in the newest chunk file's header).
     rejected_sealed: u64,
     pub corrupt_reads: std::sync::atomic::AtomicU64,
     /// Bumped whenever the state is rebuilt (series ids change meaning).
@@ -213,7 +213,6 @@ impl Partition {
             file.verify()?;
             state.add_file(file)?;
         }
-        state.rejected_sealed = self.read_stats(state.covered)?;
         state.mem.counts.rejected = state.rejected_sealed;
         let from = Lsn(state.covered.0 + 1);
         if from < log.first_lsn() {
@@ -228,31 +227,6 @@ impl Partition {
             state.mem.apply(&view, self.config.ooo_window_ms);
         }
         Ok(state)
-    }
-
-    fn stats_path(&self) -> PathBuf {
-        self.dir.join("stats")
-    }
-
-    /// The rejected counter persisted with the chunk file covering `covered`.
-    fn read_stats(&self, covered: Lsn) -> Result<u64> {
-        if covered == Lsn(0) {
-            return Ok(0);
-        }
-        let map = match self.config.backend.open_read(&self.stats_path()) {
-            Ok(map) => map,
-            Err(fsdb::Error::NotFound { .. }) => return Ok(0),
-            Err(e) => return Err(e.into()),
-        };
-        let bytes = map.bytes();
-        if bytes.len() != 16 {
-            return Err(Error::PartitionCorrupted(self.id));
-        }
-        let at = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let rejected = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-        // Stats written for an older chunk file (a crash between the file
-        // and its stats) are still a lower bound; newer ones cannot exist.
-        Ok(if at <= covered.0 { rejected } else { 0 })
     }
 
     /// Primary write: validates `batch`, appends it to the log with the next
@@ -399,7 +373,6 @@ impl Partition {
             }
         };
         state.add_file(file)?;
-        state.rejected_sealed = sealing.rejected;
         state.sealing = None;
         log.trim_before(Lsn(sealing.covered.0 + 1))?;
         Ok(chunks)
@@ -441,10 +414,11 @@ impl Partition {
         Ok(Some(sealing))
     }
 
-    /// Without any lock: writes the frozen data as a chunk file (and the
-    /// rejected counter beside it) and opens the file.
+    /// Without any lock: writes the frozen data as a chunk file (with the
+    /// rejected counter in its header) and opens the file.
     fn write_sealing(&self, sealing: &Sealing) -> Result<(ChunkFile, usize)> {
         let mut writer = ChunkFileWriter::new(self.id.0, sealing.covered);
+        writer.set_rejected(sealing.rejected);
         let mut runs = Runs::default();
         for (i, (_, head, overlay)) in sealing.series.iter().enumerate() {
             runs.clear();
@@ -484,9 +458,6 @@ impl Partition {
         ));
         writer.finish(&*self.config.backend, &path)?;
         let file = ChunkFile::open(&*self.config.backend, &path)?;
-        let mut stats = sealing.covered.0.to_le_bytes().to_vec();
-        stats.extend_from_slice(&sealing.rejected.to_le_bytes());
-        self.config.backend.write_file(&self.stats_path(), &stats)?;
         Ok((file, chunks))
     }
 
@@ -631,7 +602,11 @@ impl State {
                 }),
             }
         }
-        self.covered = self.covered.max(file.covered_lsn());
+        if file.covered_lsn() >= self.covered {
+            // The newest file carries the rejected count as of its seal.
+            self.covered = file.covered_lsn();
+            self.rejected_sealed = file.rejected();
+        }
         self.files.push(file);
         Ok(())
     }

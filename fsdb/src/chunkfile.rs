@@ -244,6 +244,8 @@ fn parse_header(b: &[u8]) -> Result<Header, (usize, String)> {
 struct Entry {
     key_at: u32,
     key_len: u16,
+    /// The key is the previous entry's: one series' chunks are neighbours.
+    continues: bool,
     count: u32,
     len: u32,
     crc: u32,
@@ -315,9 +317,11 @@ fn parse_index(b: &[u8], h: &Header) -> Result<(Vec<Entry>, Vec<u8>), (usize, St
         if chunk_end > h.index_offset as u64 {
             return bad("chunk outside the data region");
         }
+        let continues = suffix == 0 && shared == prev.len() && !entries.is_empty();
         let e = Entry {
             key_at: key_at as u32,
             key_len: key_len as u16,
+            continues,
             count,
             len,
             crc,
@@ -439,6 +443,17 @@ impl ChunkFile {
             prev = Some(m.series_key);
             new.then_some(m.series_key)
         })
+    }
+
+    /// The chunks of the series whose first chunk is number `first` in
+    /// [`Self::chunks`], by time: a reader that kept that number finds a
+    /// series' chunks without searching the index.
+    pub fn series_chunks(&self, first: usize) -> impl Iterator<Item = ChunkMeta<'_>> + '_ {
+        let rest = self.entries.get(first..).unwrap_or_default();
+        rest.iter()
+            .enumerate()
+            .take_while(|(i, e)| *i == 0 || e.continues)
+            .map(|(_, e)| self.meta(e))
     }
 
     /// Chunks of `series_key` that overlap `start_ts..=end_ts`, by time.
@@ -767,6 +782,11 @@ mod tests {
             proptest::prop_assert_eq!(&got, &expected);
             for (key, min_ts, max_ts, ..) in &expected {
                 proptest::prop_assert!(file.lookup(key, *min_ts, *max_ts).any(|m| m.min_ts == *min_ts));
+                // The series' first chunk leads to all of its chunks and no other.
+                let first = got.iter().position(|g| &g.0 == key).unwrap();
+                let by_number: Vec<_> = file.series_chunks(first).collect();
+                let by_key: Vec<_> = file.lookup(key, i64::MIN, i64::MAX).collect();
+                proptest::prop_assert_eq!(by_number, by_key);
             }
         }
     }

@@ -30,6 +30,9 @@ pub(crate) enum Outcome {
 pub(crate) struct SealedRef {
     /// Index into the partition's chunk files (seal order).
     pub file: u32,
+    /// Number of the series' first chunk in that file
+    /// ([`fsdb::ChunkFile::series_chunks`]): reads need no index search.
+    pub first: u32,
     pub min_ts: i64,
     pub max_ts: i64,
 }

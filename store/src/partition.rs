@@ -579,7 +579,7 @@ impl State {
     /// Registers a chunk file (files come in seal order).
     fn add_file(&mut self, file: ChunkFile) -> Result<()> {
         let idx = self.files.len() as u32;
-        for meta in file.chunks() {
+        for (n, meta) in file.chunks().enumerate() {
             let key = KeyRef::parse(meta.series_key).map_err(|_| fsdb::Error::Corrupted {
                 dir: file.path().to_path_buf(),
                 file: String::new(),
@@ -597,6 +597,7 @@ impl State {
                 }
                 _ => sealed.push(SealedRef {
                     file: idx,
+                    first: n as u32,
                     min_ts: meta.min_ts,
                     max_ts: meta.max_ts,
                 }),
@@ -617,37 +618,37 @@ impl State {
     pub fn read_series(&self, id: u32, start: i64, end: i64, runs: &mut Runs) {
         runs.clear();
         let s = &self.mem.series[id as usize];
-        let key = self.mem.key(s);
-        let files = || {
+        let chunks = || {
             self.mem.sealed[id as usize]
                 .iter()
                 .filter(|r| r.max_ts >= start && r.min_ts <= end)
-                .map(|r| &self.files[r.file as usize])
+                .flat_map(|r| {
+                    let file = &self.files[r.file as usize];
+                    file.series_chunks(r.first as usize)
+                        .filter(|m| m.max_ts >= start && m.min_ts <= end)
+                        .map(move |m| (file, m))
+                })
         };
         // One allocation for the whole read, sized from the chunk index and
         // the in-memory parts: growing it as each part is decoded copies
         // the samples again, into fresh pages.
-        let sealed: usize = files()
-            .flat_map(|f| f.lookup(key, start, end))
-            .map(|m| m.count as usize)
-            .sum();
+        let sealed: usize = chunks().map(|(_, m)| m.count as usize).sum();
         let sealing = self.sealing.as_ref().map_or(0, |x| x.len_of(id));
         runs.samples
             .reserve_exact(sealed + sealing + s.unsealed_len());
-        for file in files() {
-            for chunk in file.read(key, start, end) {
-                runs.begin();
-                let ok = chunk.ok().is_some_and(|(_, bytes)| {
-                    fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok()
-                });
-                if !ok {
-                    let from = runs.run_start();
-                    runs.samples.truncate(from);
-                    self.corrupt_reads
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                runs.end_filtered(start, end);
+        for (file, meta) in chunks() {
+            runs.begin();
+            let ok = file
+                .chunk_data(&meta)
+                .ok()
+                .is_some_and(|bytes| fsdb::codec::decode_into(bytes, &mut runs.samples).is_ok());
+            if !ok {
+                let from = runs.run_start();
+                runs.samples.truncate(from);
+                self.corrupt_reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            runs.end_filtered(start, end);
         }
         if let Some(sealing) = &self.sealing {
             sealing.read(id, start, end, runs);

@@ -151,6 +151,18 @@ impl Segment {
         self.populated = to;
     }
 
+    /// Drops a synced segment that appends have moved past from resident
+    /// memory, header page, tail and populated pages included: nothing
+    /// writes it again, and a thousand partitions' older segments held
+    /// most of the log's resident memory. Reads fault pages back in.
+    fn release_all(&mut self) {
+        let len = self.map.bytes().len();
+        if self.released < len {
+            self.map.release(0, len);
+            self.released = len;
+        }
+    }
+
     /// Drops the whole pages the appends have passed from resident memory.
     /// They are read again only by a catch-up or a restart; the page cache
     /// keeps them, and unsynced ones stay dirty there until `sync` msyncs
@@ -566,6 +578,8 @@ impl PartitionLog {
         seg.map.bytes_mut()[pos..old_end].fill(0);
         seg.map.sync_range(pos, old_end - pos)?;
         seg.end = pos;
+        // It may be active again: let release_behind work from here.
+        seg.released = seg.released.min(pos / PAGE * PAGE);
         let mut history = self.segments[0].header.terms.clone();
         for &(t, l) in &self.history {
             if l <= lsn {
@@ -665,19 +679,22 @@ impl PartitionLog {
     /// Makes every appended record durable (msync), oldest segment first, then records the
     /// synced watermark in each segment header.
     pub fn sync(&mut self) -> Result<()> {
-        for seg in &mut self.segments {
-            if seg.synced_end >= seg.end {
-                continue;
+        let active = self.segments.len() - 1;
+        for (i, seg) in self.segments.iter_mut().enumerate() {
+            if seg.synced_end < seg.end {
+                seg.map
+                    .sync_range(seg.synced_end, seg.end - seg.synced_end)?;
+                let old = seg.synced_end;
+                seg.synced_end = seg.end;
+                if let Err(e) = seg.write_watermark() {
+                    seg.synced_end = old;
+                    return Err(e);
+                }
+                seg.release_behind();
             }
-            seg.map
-                .sync_range(seg.synced_end, seg.end - seg.synced_end)?;
-            let old = seg.synced_end;
-            seg.synced_end = seg.end;
-            if let Err(e) = seg.write_watermark() {
-                seg.synced_end = old;
-                return Err(e);
+            if i < active {
+                seg.release_all();
             }
-            seg.release_behind();
         }
         Ok(())
     }

@@ -163,6 +163,60 @@ fn records_released_from_memory_read_back_intact() {
     check(&PartitionLog::open(Arc::new(MmapBackend), &dir, config).unwrap());
 }
 
+/// Resident kB of each mapping of a file under `dir`, by file name, from
+/// this process's `/proc/self/smaps`.
+fn resident_kb(dir: &Path) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let dir = dir.to_str().unwrap();
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            if let Some(name) = current.take() {
+                let kb = kb.trim().trim_end_matches("kB").trim().parse().unwrap();
+                out.push((name, kb));
+            }
+        } else if line.contains(dir) {
+            let path = line.split_whitespace().last().unwrap();
+            current = Some(path.rsplit('/').next().unwrap().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn segments_behind_the_active_one_leave_memory_at_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p5");
+    let config = LogConfig {
+        segment_bytes_min: 16384,
+        segment_bytes_max: 65536,
+        record_bytes_max: 4096,
+        write_ahead_bytes: 16384,
+    };
+    let mut log = PartitionLog::open(Arc::new(MmapBackend), &dir, config).unwrap();
+    let record = |i: u64| -> Vec<u8> { (0..1500).map(|j| (i * 3 + j) as u8).collect() };
+    for i in 1..=120 {
+        log.append(Term(1), &record(i)).unwrap();
+    }
+    assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
+    log.sync().unwrap();
+    let resident = resident_kb(&dir);
+    assert_eq!(resident.len(), log.segment_count(), "{resident:?}");
+    let (active, older) = resident.split_last().unwrap();
+    assert!(active.1 > 0, "{resident:?}");
+    assert!(older.iter().all(|m| m.1 == 0), "{resident:?}");
+    // Released pages read back from the page cache.
+    let got: Vec<Vec<u8>> = log
+        .read_from(Lsn(1))
+        .unwrap()
+        .map(|r| r.unwrap().payload.to_vec())
+        .collect();
+    assert_eq!(got, (1..=120).map(record).collect::<Vec<_>>());
+}
+
 #[test]
 fn a_first_record_larger_than_the_first_segment_replaces_it() {
     // The empty first segment and its successor share a base LSN, hence a

@@ -1,7 +1,8 @@
 //! The partition log's segment policy, replayed: how much disk and resident memory a log of a given write pattern holds.
 //!
-//! The rules are fsdb's (FORMAT.md, "Size policy" and "Watermark"): the first
-//! segment is `segment_bytes_min`; a record that does not fit opens a segment
+//! The rules are fsdb's (FORMAT.md, "Size policy" and "Watermark"): a new
+//! log is one 4 KiB page, and its first record rolls to a segment of
+//! `segment_bytes_min`; a record that does not fit opens a segment
 //! twice the active one (up to `segment_bytes_max`, at least big enough for
 //! the record); a record never spans segments; pages are reserved (and
 //! faulted in) in steps of `write_ahead_bytes`, a small segment whole at
@@ -80,7 +81,7 @@ impl Segment {
 pub fn replay(policy: &LogPolicy, pattern: &LogPattern) -> LogFootprint {
     let step = policy.write_ahead_bytes;
     let frame = FRAME_HEADER_BYTES + pattern.payload_bytes;
-    let mut segments = vec![Segment::new(policy.segment_bytes_min, step)];
+    let mut segments = vec![Segment::new(EMPTY_SEGMENT_BYTES, step)];
     let mut peak = LogFootprint::default();
     let periods = if pattern.seals {
         pattern.periods.min(64)
@@ -228,7 +229,8 @@ mod tests {
                 seals: false,
             },
         );
-        assert_eq!(small.disk_bytes, 64 << 10);
-        assert_eq!(small.resident_bytes, 64 << 10);
+        // A record that fits the new log's first page stays there.
+        assert_eq!(small.disk_bytes, 4096);
+        assert_eq!(small.resident_bytes, 4096);
     }
 }

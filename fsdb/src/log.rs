@@ -103,9 +103,9 @@ struct Segment {
 /// step: populated pages are resident until the appends pass them, and a
 /// node has a thousand partitions. A step of megabytes each came to half
 /// the node's memory; 32 KiB each to 35 MB, about a sixth of a 1-node
-/// compare run's peak. At 4 KiB a node writing 10 MB/s of log makes about
-/// 2 500 such calls a second.
-const POPULATE_BYTES: usize = 4 << 10;
+/// compare run's peak. At 8 KiB a node writing 10 MB/s of log makes about
+/// 1 300 such calls a second.
+const POPULATE_BYTES: usize = 8 << 10;
 
 impl Segment {
     /// Writes the next watermark slot and makes it durable.

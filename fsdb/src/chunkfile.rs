@@ -292,6 +292,9 @@ fn parse_index(b: &[u8], h: &Header) -> Result<(Vec<Entry>, Vec<u8>), (usize, St
             return bad("index truncated");
         }
         let key_at = keys.len();
+        if key_at + shared + suffix > u32::MAX as usize {
+            return bad("keys too large");
+        }
         keys.extend_from_within(prev.start..prev.start + shared);
         keys.extend_from_slice(&b[pos..pos + suffix]);
         pos += suffix;

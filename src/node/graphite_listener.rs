@@ -41,8 +41,8 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: broadca
 /// Spread over 1 024 partitions, 50 000 made groups of about 50 samples,
 /// and per-group work (a task, a log record, a forward and a replication
 /// round trip) dominated: on the compare load, 200 000 took 1 node from
-/// 0.94 to 1.4-1.7 M samples per CPU-second and 3 nodes from 0.36-0.41 to
-/// 0.75-0.89 M, for about 6 MB more per busy connection.
+/// 0.94 to 1.1-1.7 M samples per CPU-second and 3 nodes from 0.36-0.41 to
+/// 0.61-0.89 M, for about 6 MB more per busy connection.
 const FLUSH_SAMPLES: usize = 200_000;
 
 async fn connection(mut socket: TcpStream, node: Arc<Node>) {

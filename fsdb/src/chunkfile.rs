@@ -10,8 +10,8 @@ const MAGIC: &[u8; 8] = b"TDMCHK\0\x01";
 const VERSION: u32 = 2;
 /// Chunk data starts here.
 const HEADER_LEN: usize = 80;
-/// Smallest index entry: five one-byte varints and the CRC.
-const ENTRY_MIN: usize = 9;
+/// Smallest index entry: six one-byte varints and the CRC.
+const ENTRY_MIN: usize = 10;
 /// Longest series key.
 pub const SERIES_KEY_MAX: usize = u16::MAX as usize;
 /// Largest chunk.
@@ -271,10 +271,10 @@ fn parse_index(b: &[u8], h: &Header) -> Result<(Vec<Entry>, Vec<u8>), (usize, St
     let mut keys = Vec::new();
     let mut pos = h.index_offset;
     let mut offset = HEADER_LEN as u64;
+    let index = &b[..end];
     for _ in 0..h.count {
         let at = pos;
         let bad = |why: &str| Err((at, why.to_string()));
-        let index = &b[..end];
         let (Some(shared), Some(suffix)) =
             (take_varint(index, &mut pos), take_varint(index, &mut pos))
         else {
@@ -502,17 +502,6 @@ impl ChunkFile {
         Ok(())
     }
 
-    /// Chunks of `series_key` overlapping `start_ts..=end_ts` with their verified bytes.
-    pub fn read<'a>(
-        &'a self,
-        series_key: &'a [u8],
-        start_ts: i64,
-        end_ts: i64,
-    ) -> impl Iterator<Item = Result<(ChunkMeta<'a>, &'a [u8])>> + 'a {
-        self.lookup(series_key, start_ts, end_ts)
-            .map(move |m| self.chunk_data(&m).map(|d| (m, d)))
-    }
-
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -601,9 +590,9 @@ mod tests {
     /// Looks up `key` in `start..=end` and compares the chunks' min_ts with `expected`.
     fn check(file: &ChunkFile, key: &str, start: i64, end: i64, expected: &[i64]) {
         let got: Vec<i64> = file
-            .read(key.as_bytes(), start, end)
-            .map(|r| {
-                let (m, data) = r.unwrap();
+            .lookup(key.as_bytes(), start, end)
+            .map(|m| {
+                let data = file.chunk_data(&m).unwrap();
                 assert_eq!(data, &chunk_bytes(key, m.min_ts)[..]);
                 m.min_ts
             })
@@ -694,9 +683,9 @@ mod tests {
             );
             let mut caught = false;
             for (key, min_ts, max_ts) in chunks {
-                for r in file.read(key.as_bytes(), min_ts, max_ts) {
-                    match r {
-                        Ok((_, data)) => assert_eq!(data, &chunk_bytes(key, min_ts)[..]),
+                for m in file.lookup(key.as_bytes(), min_ts, max_ts) {
+                    match file.chunk_data(&m) {
+                        Ok(data) => assert_eq!(data, &chunk_bytes(key, min_ts)[..]),
                         Err(e) => caught |= e.is_corruption(),
                     }
                 }

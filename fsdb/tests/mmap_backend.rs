@@ -117,8 +117,8 @@ fn chunk_files_on_real_files() {
     let file = ChunkFile::open(&MmapBackend, &dir.join("b.chunk")).unwrap();
     assert_eq!(file.covered_lsn(), Lsn(1000));
     let got: Vec<_> = file
-        .read(b"vm1/cpu", 500, 600)
-        .map(|r| r.unwrap().1)
+        .lookup(b"vm1/cpu", 500, 600)
+        .map(|m| file.chunk_data(&m).unwrap())
         .collect();
     assert_eq!(got, [&b"b.chunk"[..]]);
     let report = delete_expired(&MmapBackend, dir, 500).unwrap();

@@ -49,7 +49,6 @@ fn ingest(
     text: &[u8],
     store: &Store,
     builders: &mut [BatchBuilder],
-    buf: &mut Vec<u8>,
     config: &GraphiteConfig,
 ) -> usize {
     let mut n = 0;
@@ -65,11 +64,9 @@ fn ingest(
         if b.is_empty() {
             continue;
         }
-        buf.clear();
-        b.encode(buf);
-        b.clear();
+        let batch = b.finish();
         let part = store.partition(PartitionId(p as u32)).expect("created");
-        part.append(Term(1), buf).expect("append");
+        part.append_batch(Term(1), &batch.view()).expect("append");
     }
     n
 }
@@ -153,7 +150,6 @@ fn bench(c: &mut Criterion) {
             .expect("create partition");
     }
     let mut builders: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
-    let mut buf = Vec::new();
     let mut walk = vec![50.0; SERIES];
     let mut ts = 1_700_000_000i64;
     group.bench_function("parse_route_append_log", |b| {
@@ -163,7 +159,7 @@ fn bench(c: &mut Criterion) {
                 ts += 10;
                 let text = round(ts, &mut walk);
                 let started = Instant::now();
-                let n = ingest(&text, &store, &mut builders, &mut buf, &config);
+                let n = ingest(&text, &store, &mut builders, &config);
                 total += started.elapsed();
                 assert_eq!(n, SERIES);
             }
@@ -217,10 +213,9 @@ fn measured_ingest(
     text: &[u8],
     store: &Store,
     builders: &mut [BatchBuilder],
-    buf: &mut Vec<u8>,
     config: &GraphiteConfig,
 ) -> usize {
-    ingest(text, store, builders, buf, config)
+    ingest(text, store, builders, config)
 }
 
 #[inline(never)]
@@ -255,14 +250,13 @@ fn profile(which: &str, warmup: usize, rounds: usize) {
             }
             let mut builders: Vec<BatchBuilder> =
                 (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
-            let mut buf = Vec::new();
             for _ in 0..warmup {
-                ingest(&next_text(), &store, &mut builders, &mut buf, &config);
+                ingest(&next_text(), &store, &mut builders, &config);
             }
             for _ in 0..rounds {
                 let text = next_text();
                 let started = thread_cpu_ns();
-                n += measured_ingest(&text, &store, &mut builders, &mut buf, &config);
+                n += measured_ingest(&text, &store, &mut builders, &config);
                 cpu_ns += thread_cpu_ns() - started;
             }
         }

@@ -359,7 +359,7 @@ impl Run {
         let heap = measure.then(self.heap);
         let cpu1 = cpu_seconds()?;
         for (p, group) in &groups {
-            self.partitions[*p as usize].append(Term(1), group)?;
+            self.partitions[*p as usize].append_batch(Term(1), &group.view())?;
         }
         let cpu2 = cpu_seconds()?;
         let grown = heap.map(|before| (self.heap)() - before);
@@ -367,7 +367,10 @@ impl Run {
         self.out.ingest_cpu += cpu2 - cpu1;
         self.out.samples += samples;
         self.out.records += groups.len() as u64;
-        self.out.log_payload += groups.iter().map(|(_, g)| g.len() as f64).sum::<f64>();
+        self.out.log_payload += groups
+            .iter()
+            .map(|(_, g)| g.bytes().len() as f64)
+            .sum::<f64>();
         Ok(grown)
     }
 

@@ -153,10 +153,7 @@ impl Groups {
                 continue;
             }
             samples += b.samples();
-            let mut bytes = Vec::new();
-            b.encode(&mut bytes);
-            b.clear();
-            groups.push((p as u32, bytes));
+            groups.push((p as u32, b.finish()));
         }
         self.samples = 0;
         if groups.is_empty() {

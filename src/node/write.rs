@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use controller::{partition_of, NodeId, PartitionId};
+use store::batch::{Batch, BatchView};
 use store::{Lsn, Term};
 
 use super::catchup::{cut_suffix, divergence_point, install_snapshot, term_at, wire_term_at};
@@ -32,7 +33,7 @@ pub fn handle_write(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
 }
 
 /// A batch per partition, and the sample count.
-pub type Split = (Vec<(u32, Vec<u8>)>, usize);
+pub type Split = (Vec<(u32, Batch)>, usize);
 
 /// Splits a batch into one batch per partition (shard key: the resource).
 pub fn split(batch: &[u8], partitions: u32) -> WriteResult<Split> {
@@ -52,7 +53,9 @@ pub fn handle_forward(node: &Arc<Node>, payload: Bytes) -> ReplyFuture {
         if f.epoch > node.map().epoch.0 {
             node.refresh_map().await;
         }
-        node.primary_write(f.partition, f.batch).await?;
+        let batch = store::batch::decode(f.batch)
+            .map_err(|e| (ErrorCode::BadRequest, format!("malformed batch: {e}")))?;
+        node.primary_write(f.partition, batch).await?;
         Ok(Vec::new())
     })
 }
@@ -83,7 +86,7 @@ fn reconcile(own_term: u64, own_last: u64, history: &[(u64, u64)], last: u64) ->
 
 impl Node {
     /// Writes every partition's group concurrently; fails if any fails.
-    pub async fn ingest(self: &Arc<Self>, groups: Vec<(u32, Vec<u8>)>) -> WriteResult {
+    pub async fn ingest(self: &Arc<Self>, groups: Vec<(u32, Batch)>) -> WriteResult {
         let mut tasks = Vec::with_capacity(groups.len());
         for (p, batch) in groups {
             let node = self.clone();
@@ -111,7 +114,7 @@ impl Node {
 
     /// Routes one partition's batch to its primary, retrying through map
     /// changes (failover) until it is acknowledged or the deadline passes.
-    async fn write_partition(self: &Arc<Self>, p: u32, batch: &[u8]) -> WriteResult {
+    async fn write_partition(self: &Arc<Self>, p: u32, batch: &Batch) -> WriteResult {
         let deadline = Instant::now() + WRITE_DEADLINE;
         loop {
             let map = self.map();
@@ -120,9 +123,9 @@ impl Node {
                     ErrorCode::Unavailable,
                     format!("partition {p} has no primary"),
                 )),
-                Some(primary) if primary == self.id => self.primary_write(p, batch).await,
+                Some(primary) if primary == self.id => self.primary_write(p, batch.view()).await,
                 Some(primary) => {
-                    self.forward_while_primary(primary, p, map.epoch.0, batch)
+                    self.forward_while_primary(primary, p, map.epoch.0, batch.bytes())
                         .await
                 }
             };
@@ -203,7 +206,7 @@ impl Node {
     /// partition's sequencer, ship to every Active replica, and return once
     /// they have applied it. A replica the map has Down is skipped (the
     /// partition is degraded and the primary acknowledges alone).
-    pub async fn primary_write(self: &Arc<Self>, p: u32, batch: &[u8]) -> WriteResult {
+    pub async fn primary_write(self: &Arc<Self>, p: u32, batch: BatchView<'_>) -> WriteResult {
         let pid = PartitionId(p);
         let seq = self
             .sequencers
@@ -249,8 +252,9 @@ impl Node {
         }
         let part = self.partition(p)?;
         let lsn = part
-            .append(Term(term), batch)
+            .append_batch(Term(term), &batch)
             .map_err(|e| store_error(p, e))?;
+        let batch = batch.bytes();
         self.count_written(p, batch.len());
         let prev_term = term_at(&part.term_history(), lsn.0 - 1);
         let targets: Vec<NodeId> = info

@@ -2,6 +2,9 @@
 //!
 //! Sans-IO: [`encode`] and [`BatchBuilder`] write into a `Vec<u8>`, [`decode`]
 //! validates the whole batch once and returns a zero-copy [`BatchView`].
+//! [`Batch`] owns bytes known to be well formed: decoded once, or made here
+//! ([`BatchBuilder::finish`], [`split`]), so the write path never validates
+//! its own output again.
 //!
 //! ```text
 //! u8 magic 0xB7, u8 version 1, u32 series_count
@@ -229,6 +232,21 @@ impl BatchBuilder {
         }
     }
 
+    /// Takes the batch out as one that needs no validation (every key was
+    /// checked as it was pushed), leaving the builder empty.
+    pub fn finish(&mut self) -> Batch {
+        let mut bytes = Vec::new();
+        self.encode(&mut bytes);
+        let batch = Batch {
+            bytes,
+            series_count: self.series.len() as u32,
+            sample_count: self.samples.len(),
+        };
+        debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
+        self.clear();
+        batch
+    }
+
     /// Empties the builder, keeping its allocations.
     pub fn clear(&mut self) {
         self.series.clear();
@@ -268,9 +286,47 @@ fn check_parts(resource: &str, metric: &str, tags: &[(&str, &str)]) -> Result<()
 /// A validated batch, borrowed from its bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchView<'a> {
-    body: &'a [u8],
+    /// The whole batch, header included.
+    bytes: &'a [u8],
     series_count: u32,
     sample_count: usize,
+}
+
+/// An owned batch known to be well formed.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    series_count: u32,
+    sample_count: usize,
+}
+
+impl Batch {
+    /// Validates `bytes` as one whole batch.
+    pub fn decode(bytes: Vec<u8>) -> Result<Batch> {
+        let view = decode(&bytes)?;
+        let (series_count, sample_count) = (view.series_count, view.sample_count);
+        Ok(Batch {
+            bytes,
+            series_count,
+            sample_count,
+        })
+    }
+
+    pub fn view(&self) -> BatchView<'_> {
+        BatchView {
+            bytes: &self.bytes,
+            series_count: self.series_count,
+            sample_count: self.sample_count,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn sample_count(&self) -> usize {
+        self.sample_count
+    }
 }
 
 /// Validates `bytes` as one whole batch.
@@ -327,7 +383,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
         return Err(malformed(HEADER_BYTES + pos, "trailing bytes"));
     }
     Ok(BatchView {
-        body,
+        bytes,
         series_count,
         sample_count,
     })
@@ -338,6 +394,11 @@ fn malformed(offset: usize, reason: &'static str) -> Error {
 }
 
 impl<'a> BatchView<'a> {
+    /// The whole batch, as it is logged and replicated.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
     pub fn series_count(&self) -> usize {
         self.series_count as usize
     }
@@ -348,7 +409,7 @@ impl<'a> BatchView<'a> {
 
     pub fn series(&self) -> SeriesIter<'a> {
         SeriesIter {
-            body: self.body,
+            body: &self.bytes[HEADER_BYTES..],
             pos: 0,
             left: self.series_count,
         }
@@ -521,6 +582,30 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_batch_is_what_decoding_its_bytes_finds() {
+        let mut b = BatchBuilder::new();
+        b.push("vm1", "cpu", &[], 10, 1.0).unwrap();
+        b.push("vm2", "cpu", &[("a", "1")], 10, 2.0).unwrap();
+        b.push("vm1", "cpu", &[], 20, 3.0).unwrap();
+        let batch = b.finish();
+        assert!(b.is_empty());
+        let decoded = decode(batch.bytes()).unwrap();
+        let kept = batch.view();
+        assert_eq!(kept.series_count(), 2);
+        assert_eq!(kept.sample_count(), 3);
+        assert_eq!(
+            (kept.series_count(), kept.sample_count()),
+            (decoded.series_count(), decoded.sample_count())
+        );
+        let series = |v: BatchView<'_>| -> Vec<(Vec<u8>, Vec<(i64, f64)>)> {
+            v.series()
+                .map(|s| (s.key_bytes.to_vec(), s.samples.collect()))
+                .collect()
+        };
+        assert_eq!(series(kept), series(decoded));
+    }
+
+    #[test]
     fn malformed_batches_are_errors() {
         let mut bytes = Vec::new();
         encode(
@@ -587,30 +672,36 @@ mod tests {
 pub fn split(
     view: &BatchView<'_>,
     mut group_of: impl FnMut(&KeyRef<'_>) -> u32,
-) -> Vec<(u32, Vec<u8>)> {
-    let mut groups: Vec<(u32, Vec<u8>, u32)> = Vec::new();
+) -> Vec<(u32, Batch)> {
+    let mut groups: Vec<(u32, Batch)> = Vec::new();
     let mut index: HashMap<u32, usize> = HashMap::new();
+    let body = &view.bytes[HEADER_BYTES..];
     let mut it = view.series();
     loop {
         let start = it.pos;
         let Some(series) = it.next() else { break };
-        let raw = &view.body[start..it.pos];
+        let raw = &body[start..it.pos];
         let group = group_of(&series.key());
         let slot = *index.entry(group).or_insert_with(|| {
-            groups.push((group, vec![MAGIC, VERSION, 0, 0, 0, 0], 0));
+            let bytes = vec![MAGIC, VERSION, 0, 0, 0, 0];
+            let batch = Batch {
+                bytes,
+                series_count: 0,
+                sample_count: 0,
+            };
+            groups.push((group, batch));
             groups.len() - 1
         });
-        let (_, buf, count) = &mut groups[slot];
-        buf.extend_from_slice(raw);
-        *count += 1;
+        let batch = &mut groups[slot].1;
+        batch.bytes.extend_from_slice(raw);
+        batch.series_count += 1;
+        batch.sample_count += series.samples.len();
+    }
+    for (_, batch) in &mut groups {
+        let count = batch.series_count.to_le_bytes();
+        batch.bytes[2..HEADER_BYTES].copy_from_slice(&count);
     }
     groups
-        .into_iter()
-        .map(|(group, mut buf, count)| {
-            buf[2..HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
-            (group, buf)
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -642,7 +733,13 @@ mod split_tests {
         let groups = split(&view, group_of);
         let mut seen = Vec::new();
         for (g, part) in &groups {
-            let v = decode(part).unwrap();
+            // The counts split keeps are the ones decoding finds.
+            let v = decode(part.bytes()).unwrap();
+            let kept = part.view();
+            assert_eq!(
+                (kept.series_count(), kept.sample_count()),
+                (v.series_count(), v.sample_count())
+            );
             for s in v.series() {
                 assert_eq!(group_of(&s.key()), *g);
                 for (t, x) in s.samples.clone() {

@@ -33,7 +33,7 @@ use fsdb::codec::ChunkEncoder;
 use fsdb::{Backend, ChunkFile, ChunkFileWriter, LogConfig, Lsn, PartitionLog, Term};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::batch::{self, BatchBuilder};
+use crate::batch::{self, BatchBuilder, BatchView};
 use crate::error::{Error, Result};
 use crate::head::{parts_bytes, parts_len, read_parts, Runs, SealedRef};
 use crate::memory::{Memory, WriteCounts};
@@ -232,11 +232,15 @@ impl Partition {
     /// Primary write: validates `batch`, appends it to the log with the next
     /// LSN, then applies it to memory.
     pub fn append(&self, term: Term, batch: &[u8]) -> Result<Lsn> {
-        let view = batch::decode(batch)?;
+        self.append_batch(term, &batch::decode(batch)?)
+    }
+
+    /// [`Self::append`] of a batch already validated (decoded once, or built).
+    pub fn append_batch(&self, term: Term, batch: &BatchView<'_>) -> Result<Lsn> {
         let mut log = self.log.lock().expect("log lock");
-        let lsn = log.append(term, batch)?;
+        let lsn = log.append(term, batch.bytes())?;
         let mut state = self.state.write().expect("state lock");
-        state.mem.apply(&view, self.config.ooo_window_ms);
+        state.mem.apply(batch, self.config.ooo_window_ms);
         Ok(lsn)
     }
 

@@ -23,6 +23,36 @@ pub fn put(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Writes `v` as a LEB128 varint at the start of `out` and returns its
+/// length. Up to 56 bits (8 bytes, every timestamp delta), the mirror of
+/// [`get`]: the 7-bit groups are spread in three steps and stored with one
+/// 8-byte write, whose bytes past the varint the caller overwrites or drops.
+///
+/// Panics if `out` is shorter than 10 bytes.
+#[inline]
+pub fn write(out: &mut [u8], v: u64) -> usize {
+    let out = &mut out[..10];
+    if v >= 1 << 56 {
+        let mut v = v;
+        let mut n = 0;
+        while v >= 0x80 {
+            out[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        out[n] = v as u8;
+        return n + 1;
+    }
+    let x = (v & 0x0000_0000_0fff_ffff) | ((v & 0x00ff_ffff_f000_0000) << 4);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x0fff_c000_0fff_c000) << 2);
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x3f80_3f80_3f80_3f80) << 1);
+    let len = (64 - (v | 1).leading_zeros()).div_ceil(7) as usize;
+    // Continuation bits on every byte but the last.
+    let more = 0x8080_8080_8080_8080 & (u64::MAX >> (64 - 8 * len) >> 8);
+    out[..8].copy_from_slice(&(x | more).to_le_bytes());
+    len
+}
+
 /// The varint at the start of `bytes` and its length; `None` when it is
 /// cut short or longer than a u64.
 ///
@@ -79,6 +109,20 @@ mod tests {
             prop_assert_eq!(get(&bytes), Some((v, used)));
             prop_assert_eq!(get(&bytes[..used]), Some((v, used)));
             prop_assert_eq!(get(&raw), get_bytewise(&raw));
+        }
+
+        #[test]
+        fn varints_written_at_once_as_appended_byte_by_byte(
+            v in prop_oneof![any::<u64>(), 0u64..1 << 14, (0u64..1 << 56).prop_map(|v| v | 1 << 48)],
+            shift in 0u32..64,
+        ) {
+            for v in [v, v >> shift] {
+                let mut appended = Vec::new();
+                put(&mut appended, v);
+                let mut written = [0xAA; 10];
+                let n = write(&mut written, v);
+                prop_assert_eq!(&written[..n], &appended[..]);
+            }
         }
 
         #[test]

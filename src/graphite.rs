@@ -169,14 +169,38 @@ fn plain_decimal(text: &[u8]) -> Option<f64> {
     Some(if negative { -value } else { value })
 }
 
-/// `[0-9]{1,18}`: whole seconds that cannot overflow an i64.
+/// `[0-9]{1,18}`: whole seconds that cannot overflow an i64. Eight digits
+/// at a time while there are eight (a timestamp has ten), then one by one.
 fn plain_seconds(text: &[u8]) -> Option<i64> {
     if text.is_empty() || text.len() > 18 {
         return None;
     }
-    text.iter().try_fold(0i64, |acc, &b| {
+    let mut acc = 0i64;
+    let mut rest = text;
+    while let Some((eight, tail)) = rest.split_first_chunk::<8>() {
+        acc = acc * 100_000_000 + eight_digits(*eight)? as i64;
+        rest = tail;
+    }
+    rest.iter().try_fold(acc, |acc, &b| {
         b.is_ascii_digit().then(|| acc * 10 + i64::from(b - b'0'))
     })
+}
+
+/// The value of eight ASCII digits, most significant first.
+fn eight_digits(bytes: [u8; 8]) -> Option<u64> {
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    let x = u64::from_le_bytes(bytes);
+    // A digit's high nibble is 3, and still 3 with 6 added (no carries:
+    // every byte is at most 0x3F once the first test passed).
+    if x & HIGH != ZEROS || x.wrapping_add(0x0606_0606_0606_0606) & HIGH != ZEROS {
+        return None;
+    }
+    // The first digit is the lowest byte: pairs, then fours, then eight.
+    let d = x - ZEROS;
+    let d = (d * 10 + (d >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let d = (d * 100 + (d >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((d * 10_000 + (d >> 32)) & 0xFFFF_FFFF)
 }
 
 /// Any line: fields split on runs of ASCII whitespace, tags, and every value
@@ -594,6 +618,17 @@ mod tests {
         #[test]
         fn find_byte_finds_the_first(hay in proptest::collection::vec(0u8..4, 0..40), needle in 0u8..5) {
             proptest::prop_assert_eq!(find_byte(needle, &hay), hay.iter().position(|&b| b == needle));
+        }
+
+        #[test]
+        fn whole_seconds_read_eight_digits_at_a_time_as_one_by_one(
+            text in proptest::prop_oneof!["[0-9]{0,20}", "[0-9/:]{0,20}", "[0-9]{7,9}[^0-9][0-9]{0,9}"],
+        ) {
+            let want = match text.len() {
+                1..=18 if text.bytes().all(|b| b.is_ascii_digit()) => text.parse().ok(),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(plain_seconds(text.as_bytes()), want);
         }
 
         #[test]

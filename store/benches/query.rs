@@ -166,6 +166,43 @@ fn bench(c: &mut Criterion) {
         "store: sum(avg_over_time(m[1h])), 10k series, folded per partition",
         |b| b.iter(folded),
     );
+    // A dashboard panel's range query as a node answers it (the compare
+    // bench's "one metric summed over all resources").
+    let folded_range = |q: &str| {
+        use rayon::prelude::*;
+        let plan = FoldPlan::new(q, 0, 0, end, INTERVAL_MS, &opts).unwrap();
+        let parts: Vec<_> = partitions
+            .par_iter()
+            .map(|p| plan.fold(&**p).unwrap().unwrap())
+            .collect();
+        let mut merged = plan.empty();
+        for p in parts {
+            merged.merge(p).unwrap();
+        }
+        let folded = Folded::from([(0, merged)]);
+        store::query::range_query_folded(
+            &VecSource::default(),
+            q,
+            0,
+            end,
+            INTERVAL_MS,
+            &opts,
+            folded,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        format!("{:?}", folded_range("sum(m)")),
+        format!(
+            "{:?}",
+            range_query(&many, "sum(m)", 0, end, INTERVAL_MS, &opts).unwrap()
+        ),
+        "folded over the store as over the vectors"
+    );
+    c.bench_function(
+        "store: sum(m) range, 10k series x 400 steps, folded per partition",
+        |b| b.iter(|| folded_range("sum(m)")),
+    );
     drop((partitions, source, store));
     c.bench_function(
         "vec source: select m over 1h, 10k series (source only)",

@@ -91,6 +91,7 @@ pub(crate) struct Acc {
 }
 
 impl Acc {
+    #[inline]
     pub fn add(&mut self, op: Op, v: f64) {
         self.count += 1.0;
         let first = self.count == 1.0;

@@ -7,6 +7,7 @@ use super::{QueryError, Result};
 use crate::source::{Labels, METRIC_LABEL};
 
 /// Neumaier-improved Kahan summation step, as Prometheus' `kahanSumInc`.
+#[inline]
 pub(crate) fn kahan_inc(inc: f64, sum: f64, c: f64) -> (f64, f64) {
     let t = sum + inc;
     let c = if t.is_infinite() {

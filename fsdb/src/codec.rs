@@ -379,12 +379,27 @@ impl ValueState {
 /// The scaled integer of `v` at `scale`, if `v` is exactly that decimal.
 fn scaled_at(v: f64, scale: u8) -> Option<i64> {
     let p = POW10[usize::from(scale)];
-    let m = (v * p).round();
+    let m = round_half_even(v * p);
     if m.is_nan() || m.abs() > MAX_SCALED {
         return None;
     }
     let m = m as i64;
     ((m as f64 / p).to_bits() == v.to_bits()).then_some(m)
+}
+
+/// `x` rounded to an integer, halves to even, with two additions: without
+/// SSE4.1 (the baseline x86-64 target), `f64::round` is a library call, one
+/// per value encoded. Which neighbour a half goes to does not matter to
+/// [`scaled_at`], whose caller keeps only an `m` with `m / p == v` exactly.
+#[inline]
+fn round_half_even(x: f64) -> f64 {
+    // From 2^52 on, every double is an integer.
+    const TWO_52: f64 = 4_503_599_627_370_496.0;
+    if x.abs() < TWO_52 {
+        ((x.abs() + TWO_52) - TWO_52).copysign(x)
+    } else {
+        x
+    }
 }
 
 /// The smallest scale at which `v` is an exact decimal, with its scaled integer.

@@ -489,3 +489,17 @@ proptest! {
         prop_assert!(out.len() as u64 <= max_samples(flipped.len() as u64 * 8));
     }
 }
+
+proptest! {
+    #[test]
+    fn rounding_with_two_additions_is_rounding_half_to_even(
+        x in prop_oneof![
+            any::<f64>(),
+            (-1e6f64..1e6).prop_map(|x| (x * 2.0).round() / 2.0),
+            (-9.1e15f64..9.1e15),
+        ],
+    ) {
+        let (got, want) = (round_half_even(x), x.round_ties_even());
+        prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{x}: {got} vs {want}");
+    }
+}

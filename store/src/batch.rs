@@ -100,6 +100,9 @@ struct BuiltSeries {
 #[derive(Default)]
 pub struct BatchBuilder {
     series: Vec<BuiltSeries>,
+    /// The xxh3 hash of each series' key, by series: handed on with the
+    /// batch so that the partition's index does not hash the key again.
+    hashes: Vec<u64>,
     keys: Vec<u8>,
     index: HashIndex,
     /// (series, timestamp, value) in arrival order.
@@ -185,6 +188,7 @@ impl BatchBuilder {
         let key_at = u32::try_from(at).map_err(|_| Error::BatchFull)?;
         let key_len = (self.keys.len() - at) as u32;
         self.index.insert(hash, id, key_at);
+        self.hashes.push(hash);
         self.series.push(BuiltSeries {
             key_at,
             key_len,
@@ -253,6 +257,7 @@ impl BatchBuilder {
             bytes,
             series_count: self.series.len() as u32,
             sample_count: self.samples.len(),
+            key_hashes: self.hashes.clone(),
         };
         debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
         self.clear();
@@ -262,6 +267,7 @@ impl BatchBuilder {
     /// Empties the builder, keeping its allocations.
     pub fn clear(&mut self) {
         self.series.clear();
+        self.hashes.clear();
         self.keys.clear();
         self.index.clear();
         self.samples.clear();
@@ -302,6 +308,9 @@ pub struct BatchView<'a> {
     bytes: &'a [u8],
     series_count: u32,
     sample_count: usize,
+    /// Each series' key hash (xxh3), when the batch's maker computed them;
+    /// else empty.
+    key_hashes: &'a [u64],
 }
 
 /// An owned batch known to be well formed.
@@ -310,6 +319,7 @@ pub struct Batch {
     bytes: Vec<u8>,
     series_count: u32,
     sample_count: usize,
+    key_hashes: Vec<u64>,
 }
 
 impl Batch {
@@ -321,6 +331,7 @@ impl Batch {
             bytes,
             series_count,
             sample_count,
+            key_hashes: Vec::new(),
         })
     }
 
@@ -329,6 +340,7 @@ impl Batch {
             bytes: &self.bytes,
             series_count: self.series_count,
             sample_count: self.sample_count,
+            key_hashes: &self.key_hashes,
         }
     }
 
@@ -398,6 +410,7 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
         bytes,
         series_count,
         sample_count,
+        key_hashes: &[],
     })
 }
 
@@ -424,6 +437,7 @@ impl<'a> BatchView<'a> {
             body: &self.bytes[HEADER_BYTES..],
             pos: 0,
             left: self.series_count,
+            key_hashes: self.key_hashes.iter(),
         }
     }
 }
@@ -433,6 +447,8 @@ impl<'a> BatchView<'a> {
 pub struct SeriesView<'a> {
     /// The canonical key bytes (what the index interns).
     pub key_bytes: &'a [u8],
+    /// `xxh3_64(key_bytes)`, if the batch came with it.
+    pub key_hash: Option<u64>,
     pub samples: SampleIter<'a>,
 }
 
@@ -448,6 +464,7 @@ pub struct SeriesIter<'a> {
     body: &'a [u8],
     pos: usize,
     left: u32,
+    key_hashes: std::slice::Iter<'a, u64>,
 }
 
 impl<'a> Iterator for SeriesIter<'a> {
@@ -473,6 +490,7 @@ impl<'a> Iterator for SeriesIter<'a> {
         self.pos += samples_start + len;
         Some(SeriesView {
             key_bytes: &rest[..key_len],
+            key_hash: self.key_hashes.next().copied(),
             samples: it,
         })
     }
@@ -615,6 +633,11 @@ mod tests {
                 .collect()
         };
         assert_eq!(series(kept), series(decoded));
+        // The builder's key hashes travel with the batch, one per series.
+        let hashes: Vec<Option<u64>> = kept.series().map(|s| s.key_hash).collect();
+        let want: Vec<Option<u64>> = kept.series().map(|s| Some(xxh3_64(s.key_bytes))).collect();
+        assert_eq!(hashes, want);
+        assert!(decoded.series().all(|s| s.key_hash.is_none()));
     }
 
     #[test]
@@ -700,6 +723,7 @@ pub fn split(
                 bytes,
                 series_count: 0,
                 sample_count: 0,
+                key_hashes: Vec::new(),
             };
             groups.push((group, batch));
             groups.len() - 1

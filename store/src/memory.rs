@@ -103,10 +103,8 @@ impl Memory {
             window.clear();
             let mut touched = 0u64;
             for s in series.by_ref().take(APPLY_WINDOW) {
-                let id = match self
-                    .index
-                    .find(xxh3_64(s.key_bytes), &self.keys, s.key_bytes)
-                {
+                let hash = s.key_hash.unwrap_or_else(|| xxh3_64(s.key_bytes));
+                let id = match self.index.find(hash, &self.keys, s.key_bytes) {
                     Some(id) => {
                         touched ^= self.series[id as usize].touch();
                         id

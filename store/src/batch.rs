@@ -212,8 +212,12 @@ impl BatchBuilder {
     /// Appends the batch to `out`: series in order of first arrival, the
     /// samples of each in arrival order.
     pub fn encode(&self, out: &mut Vec<u8>) {
+        // Per series a count and a length (at most 7 bytes) and a first
+        // timestamp written whole (up to 10, a millisecond one 6); per other
+        // sample a delta (4 bytes up to 2^27 ms) and the value. An estimate
+        // short of the batch regrows it, a copy of all of it.
         out.reserve(
-            HEADER_BYTES + self.keys.len() + self.series.len() * 5 + self.samples.len() * 12,
+            HEADER_BYTES + self.keys.len() + self.series.len() * 13 + self.samples.len() * 12,
         );
         out.extend_from_slice(&[MAGIC, VERSION]);
         out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());

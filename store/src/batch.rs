@@ -2,7 +2,7 @@
 //!
 //! Sans-IO: [`encode`] and [`BatchBuilder`] write into a `Vec<u8>`, [`decode`]
 //! validates the whole batch once and returns a zero-copy [`BatchView`].
-//! [`Batch`] owns bytes known to be well formed: decoded once, or made here
+//! [`Batch`] owns bytes known to be well formed, made here
 //! ([`BatchBuilder::finish`], [`split`]), so the write path never validates
 //! its own output again.
 //!
@@ -327,18 +327,6 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Validates `bytes` as one whole batch.
-    pub fn decode(bytes: Vec<u8>) -> Result<Batch> {
-        let view = decode(&bytes)?;
-        let (series_count, sample_count) = (view.series_count, view.sample_count);
-        Ok(Batch {
-            bytes,
-            series_count,
-            sample_count,
-            key_hashes: Vec::new(),
-        })
-    }
-
     pub fn view(&self) -> BatchView<'_> {
         BatchView {
             bytes: &self.bytes,
@@ -350,10 +338,6 @@ impl Batch {
 
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
-    }
-
-    pub fn sample_count(&self) -> usize {
-        self.sample_count
     }
 }
 
@@ -631,7 +615,8 @@ mod tests {
             (kept.series_count(), kept.sample_count()),
             (decoded.series_count(), decoded.sample_count())
         );
-        let series = |v: BatchView<'_>| -> Vec<(Vec<u8>, Vec<(i64, f64)>)> {
+        type Read = Vec<(Vec<u8>, Vec<(i64, f64)>)>;
+        let series = |v: BatchView<'_>| -> Read {
             v.series()
                 .map(|s| (s.key_bytes.to_vec(), s.samples.collect()))
                 .collect()

@@ -3,12 +3,15 @@
 //! Run: `cargo bench -p store --bench query -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use std::sync::Arc;
 use store::batch::BatchBuilder;
 use store::query::{
     instant_query, instant_query_folded, range_query, FoldPlan, Folded, QueryOptions, Value,
     VecSource,
 };
-use store::{Labels, MatchOp, Matcher, PartitionId, SeriesData, Source, Store, StoreConfig, Term};
+use store::{
+    Labels, MatchOp, Matcher, Partition, PartitionId, SeriesData, Source, Store, StoreConfig, Term,
+};
 
 /// The allocator the `tandem` binary ships with (src/alloc.rs).
 #[global_allocator]
@@ -89,6 +92,21 @@ fn real_store(
     (store, ids, dir)
 }
 
+/// A query's only foldable aggregation folded over each partition apart, on
+/// every core, the partials merged: how a node answers it (query/fold.rs).
+fn fold_partitions(plan: &FoldPlan, partitions: &[Arc<Partition>]) -> Folded {
+    use rayon::prelude::*;
+    let parts: Vec<_> = partitions
+        .par_iter()
+        .map(|p| plan.fold(&**p).unwrap().unwrap())
+        .collect();
+    let mut merged = plan.empty();
+    for p in parts {
+        merged.merge(p).unwrap();
+    }
+    Folded::from([(0, merged)])
+}
+
 fn bench(c: &mut Criterion) {
     let opts = QueryOptions::default();
 
@@ -140,17 +158,8 @@ fn bench(c: &mut Criterion) {
     // core, the partials merged (query/fold.rs).
     let partitions: Vec<_> = ids.iter().map(|&id| store.partition(id).unwrap()).collect();
     let folded = || {
-        use rayon::prelude::*;
         let plan = FoldPlan::new(q, 0, end, end, 1, &opts).unwrap();
-        let parts: Vec<_> = partitions
-            .par_iter()
-            .map(|p| plan.fold(&**p).unwrap().unwrap())
-            .collect();
-        let mut merged = plan.empty();
-        for p in parts {
-            merged.merge(p).unwrap();
-        }
-        let folded = Folded::from([(0, merged)]);
+        let folded = fold_partitions(&plan, &partitions);
         instant_query_folded(&VecSource::default(), q, end, &opts, folded).unwrap()
     };
     match (folded(), instant_query(&source, q, end, &opts).unwrap()) {
@@ -169,17 +178,8 @@ fn bench(c: &mut Criterion) {
     // A dashboard panel's range query as a node answers it (the compare
     // bench's "one metric summed over all resources").
     let folded_range = |q: &str| {
-        use rayon::prelude::*;
         let plan = FoldPlan::new(q, 0, 0, end, INTERVAL_MS, &opts).unwrap();
-        let parts: Vec<_> = partitions
-            .par_iter()
-            .map(|p| plan.fold(&**p).unwrap().unwrap())
-            .collect();
-        let mut merged = plan.empty();
-        for p in parts {
-            merged.merge(p).unwrap();
-        }
-        let folded = Folded::from([(0, merged)]);
+        let folded = fold_partitions(&plan, &partitions);
         store::query::range_query_folded(
             &VecSource::default(),
             q,

@@ -665,6 +665,16 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
+        fn one_sample_is_written_as_a_list_of_one(ts in any::<i64>(), v in any::<f64>(), shift in 0u32..64) {
+            for ts in [ts, ts >> shift] {
+                let (mut one, mut list) = (vec![7], vec![7]);
+                put_one_sample(ts, v, &mut one);
+                put_samples(&[(ts, v)], &mut list);
+                prop_assert_eq!(one, list);
+            }
+        }
+
+        #[test]
         fn any_batch_round_trips(input in arb_batch()) {
             check(input);
         }

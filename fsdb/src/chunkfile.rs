@@ -4,11 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::backend::{Backend, Map};
-use crate::{varint, Error, Lsn, Result};
+use crate::segment::MAX_TERMS;
+use crate::{varint, Error, Lsn, Result, Term};
 
 const MAGIC: &[u8; 8] = b"TDMCHK\0\x01";
-const VERSION: u32 = 2;
-/// Chunk data starts here.
+const VERSION: u32 = 3;
+/// Fixed part of the header; the log's term history follows it, then the chunk data.
 const HEADER_LEN: usize = 80;
 /// Smallest index entry: six one-byte varints and the CRC.
 const ENTRY_MIN: usize = 10;
@@ -49,6 +50,7 @@ pub struct ChunkFileWriter {
     partition: u32,
     covered_lsn: Lsn,
     rejected: u64,
+    terms: Vec<(Term, Lsn)>,
     data: Vec<u8>,
     index: Vec<Pending>,
 }
@@ -60,6 +62,7 @@ impl ChunkFileWriter {
             partition,
             covered_lsn,
             rejected: 0,
+            terms: Vec::new(),
             data: Vec::new(),
             index: Vec::new(),
         }
@@ -70,6 +73,14 @@ impl ChunkFileWriter {
     /// when the chunks are.
     pub fn set_rejected(&mut self, rejected: u64) {
         self.rejected = rejected;
+    }
+
+    /// Records the partition log's term history at `covered_lsn` (the
+    /// newest `MAX_TERMS` entries): with `covered_lsn`, the log's position,
+    /// so that a log trimmed of every record can go on after a restart
+    /// (`PartitionLog::trim_all`, `PartitionLog::resume_after`).
+    pub fn set_terms(&mut self, terms: &[(Term, Lsn)]) {
+        self.terms = terms[terms.len().saturating_sub(MAX_TERMS)..].to_vec();
     }
 
     /// Adds one chunk (opaque bytes) of a series holding `count` samples in `min_ts..=max_ts`.
@@ -126,8 +137,13 @@ impl ChunkFileWriter {
     pub fn finish(mut self, backend: &dyn Backend, path: &Path) -> Result<u64> {
         self.index
             .sort_by(|a, b| (&a.key, a.min_ts, a.max_ts).cmp(&(&b.key, b.min_ts, b.max_ts)));
-        let mut out = Vec::with_capacity(HEADER_LEN + self.data.len() + 16 * self.index.len());
+        let data_start = HEADER_LEN + 16 * self.terms.len();
+        let mut out = Vec::with_capacity(data_start + self.data.len() + 16 * self.index.len());
         out.resize(HEADER_LEN, 0);
+        for (t, l) in &self.terms {
+            out.extend_from_slice(&t.0.to_le_bytes());
+            out.extend_from_slice(&l.0.to_le_bytes());
+        }
         for e in &self.index {
             out.extend_from_slice(&self.data[e.data.clone()]);
         }
@@ -171,8 +187,9 @@ impl ChunkFileWriter {
         h[56..60].copy_from_slice(&(self.index.len() as u32).to_le_bytes());
         h[60..64].copy_from_slice(&index_crc.to_le_bytes());
         h[64..72].copy_from_slice(&self.rejected.to_le_bytes());
-        let header_crc = crc32c::crc32c(&h[..72]);
-        h[72..76].copy_from_slice(&header_crc.to_le_bytes());
+        h[76..80].copy_from_slice(&(self.terms.len() as u32).to_le_bytes());
+        let header_crc = header_crc(&out, self.terms.len());
+        out[72..76].copy_from_slice(&header_crc.to_le_bytes());
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
@@ -194,6 +211,16 @@ struct Header {
     count: usize,
     index_crc: u32,
     rejected: u64,
+    /// The log's term history at `covered_lsn`.
+    terms: Vec<(Term, Lsn)>,
+    /// Where the chunk data starts (after the terms).
+    data_start: usize,
+}
+
+/// CRC of the header: bytes 0..72, then the term count and the terms.
+fn header_crc(b: &[u8], n_terms: usize) -> u32 {
+    let crc = crc32c::crc32c(&b[..72]);
+    crc32c::crc32c_append(crc, &b[76..HEADER_LEN + 16 * n_terms])
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -214,7 +241,11 @@ fn parse_header(b: &[u8]) -> Result<Header, (usize, String)> {
     if &b[0..8] != MAGIC {
         return Err((0, "bad magic".into()));
     }
-    if u32_at(b, 72) != crc32c::crc32c(&b[..72]) {
+    let n_terms = u32_at(b, 76) as usize;
+    if n_terms > MAX_TERMS || b.len() < HEADER_LEN + 16 * n_terms {
+        return Err((76, format!("bad term count {n_terms}")));
+    }
+    if u32_at(b, 72) != header_crc(b, n_terms) {
         return Err((0, "header checksum mismatch".into()));
     }
     let version = u32_at(b, 8);
@@ -231,8 +262,21 @@ fn parse_header(b: &[u8]) -> Result<Header, (usize, String)> {
         count: u32_at(b, 56) as usize,
         index_crc: u32_at(b, 60),
         rejected: u64_at(b, 64),
+        terms: (0..n_terms)
+            .map(|i| {
+                let at = HEADER_LEN + 16 * i;
+                (Term(u64_at(b, at)), Lsn(u64_at(b, at + 8)))
+            })
+            .collect(),
+        data_start: HEADER_LEN + 16 * n_terms,
     };
-    if h.index_offset < HEADER_LEN || h.index_offset.checked_add(h.index_len) != Some(b.len()) {
+    if h.terms
+        .windows(2)
+        .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+    {
+        return Err((HEADER_LEN, "term history out of order".into()));
+    }
+    if h.index_offset < h.data_start || h.index_offset.checked_add(h.index_len) != Some(b.len()) {
         return Err((40, "index does not end the file".into()));
     }
     Ok(h)
@@ -270,7 +314,7 @@ fn parse_index(b: &[u8], h: &Header) -> Result<(Vec<Entry>, Vec<u8>), (usize, St
     let mut entries: Vec<Entry> = Vec::with_capacity(h.count.min(h.index_len / ENTRY_MIN));
     let mut keys = Vec::new();
     let mut pos = h.index_offset;
-    let mut offset = HEADER_LEN as u64;
+    let mut offset = h.data_start as u64;
     let index = &b[..end];
     for _ in 0..h.count {
         let at = pos;
@@ -413,6 +457,12 @@ impl ChunkFile {
         self.header.rejected
     }
 
+    /// The log's term history at [`Self::covered_lsn`]
+    /// ([`ChunkFileWriter::set_terms`]).
+    pub fn terms(&self) -> &[(Term, Lsn)] {
+        &self.header.terms
+    }
+
     /// Smallest timestamp of any chunk (`i64::MAX` for a file without chunks).
     pub fn min_ts(&self) -> i64 {
         self.header.min_ts
@@ -529,26 +579,29 @@ pub struct RetentionReport {
     pub corrupted: Vec<PathBuf>,
 }
 
-/// Deletes every chunk file (`*.chunk`) in `dir` whose `max_ts < cutoff_ts`.
+/// Deletes every chunk file (`*.chunk`) in `dir` whose `max_ts < cutoff_ts`,
+/// except the newest (highest `covered_lsn`): it carries the partition log's
+/// position and the rejected counter.
 pub fn delete_expired(
     backend: &dyn Backend,
     dir: &Path,
     cutoff_ts: i64,
 ) -> Result<RetentionReport> {
     let mut report = RetentionReport::default();
+    let mut files = Vec::new();
     for name in backend.list_dir(dir)? {
         if !name.ends_with(CHUNK_FILE_SUFFIX) {
             continue;
         }
         let path = dir.join(&name);
-        let max_ts = match parse_header(backend.open_read(&path)?.bytes()) {
-            Ok(h) => h.max_ts,
-            Err(_) => {
-                report.corrupted.push(path);
-                continue;
-            }
-        };
-        if max_ts < cutoff_ts {
+        match parse_header(backend.open_read(&path)?.bytes()) {
+            Ok(h) => files.push((h.covered_lsn, h.max_ts, path)),
+            Err(_) => report.corrupted.push(path),
+        }
+    }
+    let newest = files.iter().map(|f| f.0).max();
+    for (covered, max_ts, path) in files {
+        if max_ts < cutoff_ts && Some(covered) != newest {
             backend.remove_file(&path)?;
             report.deleted.push(path);
         }
@@ -568,8 +621,20 @@ mod tests {
     }
 
     /// Writes a file of `(key, min_ts, max_ts)` chunks and reopens it.
+    const TERMS: [(Term, Lsn); 2] = [(Term(1), Lsn(1)), (Term(3), Lsn(30))];
+
     fn build(backend: &MemBackend, name: &str, chunks: &[(&str, i64, i64)]) -> ChunkFile {
-        let mut w = ChunkFileWriter::new(5, Lsn(42));
+        build_covering(backend, name, Lsn(42), chunks)
+    }
+
+    fn build_covering(
+        backend: &MemBackend,
+        name: &str,
+        covered: Lsn,
+        chunks: &[(&str, i64, i64)],
+    ) -> ChunkFile {
+        let mut w = ChunkFileWriter::new(5, covered);
+        w.set_terms(&TERMS);
         for &(key, min_ts, max_ts) in chunks {
             let data = chunk_bytes(key, min_ts);
             w.add(
@@ -615,6 +680,7 @@ mod tests {
             ],
         );
         assert_eq!((file.partition(), file.covered_lsn()), (5, Lsn(42)));
+        assert_eq!(file.terms(), &TERMS[..]);
         assert_eq!((file.min_ts(), file.max_ts(), file.len()), (0, 299, 5));
         let series: Vec<&[u8]> = file.series().collect();
         assert_eq!(series, [&b"cpu"[..], b"disk", b"mem"]);
@@ -673,14 +739,8 @@ mod tests {
                 }
                 Ok(f) => f,
             };
-            assert!(
-                (76..80).contains(&at) || at >= HEADER_LEN,
-                "header byte {at} undetected"
-            );
-            assert!(
-                file.verify().is_err() || (76..80).contains(&at),
-                "byte {at} passes verify"
-            );
+            assert!(at >= HEADER_LEN + 16 * 2, "header byte {at} undetected");
+            assert!(file.verify().is_err(), "byte {at} passes verify");
             let mut caught = false;
             for (key, min_ts, max_ts) in chunks {
                 for m in file.lookup(key.as_bytes(), min_ts, max_ts) {
@@ -690,7 +750,7 @@ mod tests {
                     }
                 }
             }
-            assert!(caught || (76..80).contains(&at), "byte {at} undetected");
+            assert!(caught, "byte {at} undetected");
         }
     }
 
@@ -811,10 +871,10 @@ mod tests {
     #[test]
     fn retention_deletes_whole_expired_files() {
         let backend = MemBackend::new();
-        build(&backend, "old.chunk", &[("cpu", 0, 99)]);
-        build(&backend, "edge.chunk", &[("cpu", 100, 199)]);
-        build(&backend, "new.chunk", &[("cpu", 150, 500)]);
-        build(&backend, "bad.chunk", &[("cpu", 0, 1)]);
+        build_covering(&backend, "old.chunk", Lsn(1), &[("cpu", 0, 99)]);
+        build_covering(&backend, "edge.chunk", Lsn(2), &[("cpu", 100, 199)]);
+        build_covering(&backend, "new.chunk", Lsn(3), &[("cpu", 150, 500)]);
+        build_covering(&backend, "bad.chunk", Lsn(4), &[("cpu", 0, 1)]);
         backend
             .write_file(&Path::new(DIR).join("notes.txt"), b"x")
             .unwrap();
@@ -835,6 +895,10 @@ mod tests {
                 dir.join("notes.txt")
             ]
         );
+        // The newest file stays, expired or not: it carries the log's position.
+        let report = delete_expired(&backend, Path::new(DIR), 1000).unwrap();
+        assert!(report.deleted.is_empty(), "{:?}", report.deleted);
+        assert!(backend.paths().contains(&dir.join("new.chunk")));
     }
 
     #[test]

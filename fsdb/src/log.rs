@@ -179,6 +179,12 @@ impl Segment {
 }
 
 /// A partition's log. See the crate's `FORMAT.md` for the layout and recovery rules.
+///
+/// A log may hold no segment at all: a new one until its first append, and
+/// one whose records were all trimmed by [`PartitionLog::trim_all`]. Its
+/// position (last LSN, term history) is then in memory only, and whoever
+/// trimmed it keeps it durable elsewhere and gives it back at open with
+/// [`PartitionLog::resume_after`]. An idle partition costs no log file.
 pub struct PartitionLog {
     backend: Arc<dyn Backend>,
     dir: PathBuf,
@@ -213,9 +219,9 @@ fn observe(history: &mut Vec<(Term, Lsn)>, term: Term, lsn: Lsn) {
     }
 }
 
-/// The size of the segment an emptied log (reset, or trimmed past its last
-/// record) starts with.
-const EMPTY_SEGMENT_BYTES: u64 = 4096;
+/// The size of the segment a reset log starts with, and of a log's first
+/// segment when its first record fits.
+const FIRST_SEGMENT_BYTES: u64 = 4096;
 const PAGE: usize = 4096;
 
 impl PartitionLog {
@@ -252,12 +258,9 @@ impl PartitionLog {
         }
         found.retain(|f| f.0 == log.gen);
         if found.is_empty() {
-            // One page until the first append, which rolls to a segment of
-            // `segment_bytes_min`: a partition copy that never gets a record
-            // (one a placement change moved away before data came) costs
-            // 4 KiB of disk, not a whole first segment.
-            let seg = log.create_segment(Lsn(1), Term(0), Vec::new(), EMPTY_SEGMENT_BYTES)?;
-            log.segments.push(seg);
+            // No file until the first append: a partition copy that never
+            // gets a record (one a placement change moved away before data
+            // came) costs no log file.
             return Ok(log);
         }
         let mut segments = Vec::with_capacity(found.len());
@@ -457,8 +460,11 @@ impl PartitionLog {
             });
         }
         let frame_len = FRAME_HEADER + payload.len();
-        let active = self.segments.last().expect("a log has a segment");
-        if active.end + frame_len > active.map.bytes().len() {
+        if self
+            .segments
+            .last()
+            .is_none_or(|active| active.end + frame_len > active.map.bytes().len())
+        {
             self.roll(frame_len)?;
         }
         let seg = self.segments.last_mut().expect("a log has a segment");
@@ -475,20 +481,26 @@ impl PartitionLog {
     }
 
     /// Starts a new segment, twice the size of the active one (up to the maximum), big enough
-    /// for a frame of `frame_len` bytes.
+    /// for a frame of `frame_len` bytes. A log without a segment starts with one page when
+    /// the frame fits (a partition that gets a little data keeps a little file), else with
+    /// `segment_bytes_min`.
     fn roll(&mut self, frame_len: usize) -> Result<()> {
-        let active = self.segments.last().expect("a log has a segment");
+        let active = self.segments.last();
         let needed = ((DATA_START + frame_len) as u64).next_power_of_two();
-        let size = (active.map.bytes().len() as u64 * 2)
-            .max(needed)
-            .max(self.config.segment_bytes_min)
-            .min(self.config.segment_bytes_max);
+        let size = match active {
+            None if needed <= FIRST_SEGMENT_BYTES => FIRST_SEGMENT_BYTES,
+            None => needed.max(self.config.segment_bytes_min),
+            Some(a) => (a.map.bytes().len() as u64 * 2)
+                .max(needed)
+                .max(self.config.segment_bytes_min),
+        }
+        .min(self.config.segment_bytes_max);
         let keep = self.history.len().saturating_sub(MAX_TERMS);
         let terms = self.history[keep..].to_vec();
         // An active segment that holds no record has the new segment's base
         // LSN, hence its file name: the new segment's rename replaces that
         // file atomically, and it leaves the list here.
-        let replaces_empty = active.end == DATA_START;
+        let replaces_empty = active.is_some_and(|a| a.end == DATA_START);
         let seg = self.create_segment(Lsn(self.last_lsn.0 + 1), self.last_term, terms, size)?;
         if replaces_empty {
             self.segments.pop();
@@ -532,8 +544,13 @@ impl PartitionLog {
                 last: self.last_lsn,
             });
         }
-        let seg = self.segment_of(lsn);
-        let pos = self.offset_of(seg, lsn)?;
+        let (seg, pos) = if self.segments.is_empty() {
+            // Nothing to read: `lsn` is the next one.
+            (0, DATA_START)
+        } else {
+            let seg = self.segment_of(lsn);
+            (seg, self.offset_of(seg, lsn)?)
+        };
         Ok(LogReader {
             log: self,
             seg,
@@ -598,19 +615,48 @@ impl PartitionLog {
     /// Deletes whole segments whose records are all before `lsn`. The active segment stays.
     pub fn trim_before(&mut self, lsn: Lsn) -> Result<()> {
         while self.segments.len() > 1 && self.segments[1].header.base_lsn <= lsn {
-            let name = &self.segments[0].name;
-            self.backend.remove_file(&self.dir.join(name))?;
-            self.segments.remove(0);
+            self.remove_oldest()?;
         }
-        // Every record is trimmed: hand back the space a grown active segment
-        // holds by starting a minimal one after it (the new segment is
-        // durable before the old one goes, so a crash between leaves both).
-        let active_len = self.segments[0].map.bytes().len() as u64;
-        if lsn > self.last_lsn && active_len > EMPTY_SEGMENT_BYTES {
-            let keep = self.history.len().saturating_sub(MAX_TERMS);
-            let history = self.history[keep..].to_vec();
-            self.replace_segments(Lsn(self.last_lsn.0 + 1), self.last_term, history)?;
+        Ok(())
+    }
+
+    /// Deletes every segment: every record, and the log's position
+    /// ([`Self::last_lsn`], [`Self::term_history`]), are durable elsewhere
+    /// (a chunk file), and [`Self::resume_after`] gives the position back
+    /// when the log is opened again. The next append starts a new segment.
+    /// Oldest first, so that a crash in between leaves a log that still ends
+    /// at the last record.
+    pub fn trim_all(&mut self) -> Result<()> {
+        while !self.segments.is_empty() {
+            self.remove_oldest()?;
         }
+        Ok(())
+    }
+
+    fn remove_oldest(&mut self) -> Result<()> {
+        let seg = self.segments.remove(0);
+        drop(seg.map);
+        self.backend.remove_file(&self.dir.join(&seg.name))
+    }
+
+    /// Continues after `last_lsn` with `history` when the log ends before
+    /// it: the position [`Self::trim_all`] left to be kept elsewhere. The
+    /// log's records before it (left by a crash during `trim_all`) are
+    /// covered too, and deleted. A log that reaches `last_lsn` is kept as it
+    /// is: its own position is newer.
+    pub fn resume_after(&mut self, last_lsn: Lsn, history: &[(Term, Lsn)]) -> Result<()> {
+        if last_lsn <= self.last_lsn {
+            return Ok(());
+        }
+        if last_lsn.0 > u64::MAX / 2 {
+            return Err(Error::InvalidArgument(format!(
+                "last lsn {last_lsn} out of range"
+            )));
+        }
+        self.trim_all()?;
+        self.history = history.to_vec();
+        self.last_lsn = last_lsn;
+        self.last_term = history.last().map_or(Term(0), |&(t, _)| t);
         Ok(())
     }
 
@@ -639,7 +685,7 @@ impl PartitionLog {
         self.gen += 1;
         // One page: an emptied log holds nothing, and the first append that
         // does not fit rolls to a segment of the size it needs.
-        let seg = match self.create_segment(next_lsn, term, history.clone(), EMPTY_SEGMENT_BYTES) {
+        let seg = match self.create_segment(next_lsn, term, history.clone(), FIRST_SEGMENT_BYTES) {
             Ok(seg) => seg,
             Err(e) => {
                 self.gen -= 1;
@@ -666,7 +712,9 @@ impl PartitionLog {
 
     /// First retained LSN (`last_lsn() + 1` when the log is empty).
     pub fn first_lsn(&self) -> Lsn {
-        self.segments[0].header.base_lsn
+        self.segments
+            .first()
+            .map_or(Lsn(self.last_lsn.0 + 1), |s| s.header.base_lsn)
     }
 
     /// LSN of the last record (`Lsn(0)` for a new, empty log).
@@ -682,7 +730,7 @@ impl PartitionLog {
     /// Makes every appended record durable (msync), oldest segment first, then records the
     /// synced watermark in each segment header.
     pub fn sync(&mut self) -> Result<()> {
-        let active = self.segments.len() - 1;
+        let active = self.segments.len().saturating_sub(1);
         for (i, seg) in self.segments.iter_mut().enumerate() {
             if seg.synced_end < seg.end {
                 seg.map
@@ -918,6 +966,18 @@ mod tests {
                 "append_at" => log.append_at(Lsn(n(1)), Term(n(2)), w[3].as_bytes()),
                 "truncate" => log.truncate_after(Lsn(n(1))),
                 "trim" => log.trim_before(Lsn(n(1))),
+                "trim_all" => log.trim_all(),
+                // resume LSN TERM@LSN...
+                "resume" => {
+                    let history: Vec<(Term, Lsn)> = w[2..]
+                        .iter()
+                        .map(|h| {
+                            let (t, l) = h.split_once('@').unwrap();
+                            (Term(t.parse().unwrap()), Lsn(l.parse().unwrap()))
+                        })
+                        .collect();
+                    log.resume_after(Lsn(n(1)), &history)
+                }
                 "reset" => log.reset(Lsn(n(1)), Term(n(2))),
                 "sync" => log.sync(),
                 "reopen" => {
@@ -944,7 +1004,37 @@ mod tests {
 
     #[test]
     fn scripts() {
-        check("", "first=1 last=0 term=0 segs=1 hist=[] recs=[]");
+        // No file until the first append.
+        check("", "first=1 last=0 term=0 segs=0 hist=[] recs=[]");
+        check("reopen", "first=1 last=0 term=0 segs=0 hist=[] recs=[]");
+        // trim_all leaves no segment; the position is the caller's to keep:
+        // in memory it goes on, and resume_after gives it back after a reopen.
+        check(
+            "append 1 a; append 2 b; trim_all; read 3; append 2 c",
+            "first=3 last=3 term=2 segs=1 hist=[1@1 2@2] recs=[3:2:c]",
+        );
+        check(
+            "append 1 a; append 2 b; trim_all; reopen",
+            "first=1 last=0 term=0 segs=0 hist=[] recs=[]",
+        );
+        check(
+            "append 1 a; append 2 b; trim_all; reopen; resume 2 1@1 2@2; append 3 c; reopen",
+            "first=3 last=3 term=3 segs=1 hist=[1@1 2@2 3@3] recs=[3:3:c]",
+        );
+        check(
+            "append 1 a; append 2 b; trim_all; append 2 c; resume 2 1@1 2@2",
+            "first=3 last=3 term=2 segs=1 hist=[1@1 2@2] recs=[3:2:c]",
+        );
+        // A log that ends before the resumed position (a crash during
+        // trim_all) is dropped: its records are covered.
+        check(
+            "append 1 a; append 2 b; resume 5 1@1 2@2 3@4",
+            "first=6 last=5 term=3 segs=0 hist=[1@1 2@2 3@4] recs=[]",
+        );
+        check(
+            "append 1 a; resume 5 1@1; read 5",
+            "error: lsn 5 trimmed away from log /p/7: first retained is 6",
+        );
         check(
             "append 1 a; append 1 b; append 2 c",
             "first=1 last=3 term=2 segs=1 hist=[1@1 2@3] recs=[1:1:a 2:1:b 3:2:c]",
@@ -1056,7 +1146,7 @@ mod tests {
     }
 
     #[test]
-    fn trimming_everything_gives_a_grown_segment_back() {
+    fn trim_all_leaves_no_file_and_the_log_goes_on() {
         let backend = MemBackend::new();
         let dir = Path::new("/p/1");
         let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
@@ -1064,18 +1154,25 @@ mod tests {
             log.append(Term(term), &[b'x'; 3000]).unwrap();
         }
         assert_eq!(backend.paths().len(), 3);
-        log.trim_before(Lsn(5)).unwrap();
-        // One minimal segment that continues after the last record.
-        assert_eq!(backend.paths().len(), 1);
+        let history = log.term_history().to_vec();
+        log.trim_all().unwrap();
+        assert_eq!(backend.paths().len(), 0);
+        assert_eq!(log.disk_bytes(), 0);
         assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(5), Lsn(4)));
-        assert_eq!(log.term_history().len(), 4);
+        log.sync().unwrap();
+        drop(log);
+        // Reopened, the caller gives the position back.
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        assert_eq!(log.last_lsn(), Lsn(0));
+        log.resume_after(Lsn(4), &history).unwrap();
+        assert_eq!((log.last_lsn(), log.last_term()), (Lsn(4), Term(4)));
         assert_eq!(log.append(Term(4), b"next").unwrap(), Lsn(5));
         drop(log);
         let path = &backend.paths()[0];
         assert_eq!(backend.read(path).unwrap().len(), 4 << 10);
         let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
         assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(5), Lsn(5)));
-        assert_eq!(log.term_history().len(), 4);
+        assert_eq!(log.term_history(), &history[..]);
         let read: Vec<_> = log
             .read_from(Lsn(5))
             .unwrap()
@@ -1084,9 +1181,9 @@ mod tests {
         assert_eq!(read, vec![b"next".to_vec()]);
     }
 
-    /// A first record bigger than the empty segment (fresh, reset or
-    /// trimmed to its end) replaces that segment: no two segments share a
-    /// base LSN (a file name), and trimming later deletes only what it should.
+    /// A first record bigger than the empty segment a reset leaves
+    /// replaces that segment: no two segments share a base LSN (a file
+    /// name), and trimming later deletes only what it should.
     #[test]
     fn a_record_bigger_than_an_empty_segment_replaces_it() {
         let backend = MemBackend::new();
@@ -1095,7 +1192,8 @@ mod tests {
         assert_eq!(log.append(Term(1), &[b'a'; 6000]).unwrap(), Lsn(1));
         assert_eq!((log.segment_count(), backend.paths().len()), (1, 1));
         log.append(Term(1), &[b'b'; 100]).unwrap();
-        log.trim_before(Lsn(3)).unwrap();
+        log.reset(Lsn(3), Term(2)).unwrap();
+        assert_eq!((log.segment_count(), backend.paths().len()), (1, 1));
         assert_eq!(log.append(Term(2), &[b'c'; 6000]).unwrap(), Lsn(3));
         assert_eq!((log.segment_count(), backend.paths().len()), (1, 1));
         log.append(Term(2), &[b'd'; 6000]).unwrap();
@@ -1103,10 +1201,8 @@ mod tests {
         drop(log);
         let log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
         assert_eq!((log.first_lsn(), log.last_lsn()), (Lsn(4), Lsn(4)));
-        assert_eq!(
-            log.term_history(),
-            &[(Term(1), Lsn(1)), (Term(2), Lsn(3))][..]
-        );
+        // A reset starts the history anew.
+        assert_eq!(log.term_history(), &[(Term(2), Lsn(3))][..]);
     }
 
     #[test]
@@ -1119,7 +1215,7 @@ mod tests {
             write_ahead_bytes: 8192,
         };
         let mut log = PartitionLog::open(backend, Path::new("/d"), config).unwrap();
-        assert_eq!(log.disk_bytes(), 4096);
+        assert_eq!(log.disk_bytes(), 0);
         let sizes = |log: &PartitionLog| -> Vec<usize> {
             log.segments.iter().map(|s| s.map.bytes().len()).collect()
         };

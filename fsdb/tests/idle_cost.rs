@@ -1,4 +1,4 @@
-//! Hundreds of idle partitions cost one page of log each and no file handles.
+//! Hundreds of idle partitions cost at most one page of log each and no file handles.
 //! (Alone in its test binary so that no other test opens files meanwhile.)
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ fn open_fds() -> usize {
 }
 
 #[test]
-fn idle_partitions_hold_no_fds_and_one_page_each() {
+fn idle_partitions_hold_no_fds_and_at_most_one_page_each() {
     let tmp = tempfile::tempdir().unwrap();
     let before = open_fds();
     let mut logs = Vec::new();
@@ -30,10 +30,12 @@ fn idle_partitions_hold_no_fds_and_one_page_each() {
         "fds grew from {before} to {}",
         open_fds()
     );
-    let disk: u64 = logs.iter().map(|l| l.disk_bytes()).sum();
-    assert_eq!(disk, 100 * 4096);
-    // The first append that does not fit the page rolls to a segment of
-    // `segment_bytes_min`; one that never got a record is replaced by it.
+    // One page for a log with a small record, no file for one without.
+    let disk: Vec<u64> = logs.iter().map(|l| l.disk_bytes()).collect();
+    assert!(disk.iter().step_by(2).all(|&d| d == 4096), "{disk:?}");
+    assert!(disk.iter().skip(1).step_by(2).all(|&d| d == 0), "{disk:?}");
+    // An append that does not fit the page rolls to a segment of
+    // `segment_bytes_min`, and so does a big first record.
     let min = LogConfig::default().segment_bytes_min;
     for (log, before) in logs.iter_mut().zip([4096, 0]) {
         log.append(Term(1), &[7; 4000]).unwrap();

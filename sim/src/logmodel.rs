@@ -1,13 +1,14 @@
 //! The partition log's segment policy, replayed: how much disk and resident memory a log of a given write pattern holds.
 //!
 //! The rules are fsdb's (FORMAT.md, "Size policy" and "Watermark"): a new
-//! log is one 4 KiB page, and its first record rolls to a segment of
-//! `segment_bytes_min`; a record that does not fit opens a segment
-//! twice the active one (up to `segment_bytes_max`, at least big enough for
-//! the record); a record never spans segments; pages are reserved (and
-//! faulted in) in steps of `write_ahead_bytes`, a small segment whole at
-//! creation; an empty active segment is replaced rather than followed; a
-//! seal trims every record, and the log then restarts from one 4 KiB page.
+//! log has no segment; its first record opens one 4 KiB page if it fits
+//! there, else a segment of `segment_bytes_min`; a record that does not fit
+//! opens a segment twice the active one (up to `segment_bytes_max`, at
+//! least big enough for the record); a record never spans segments; pages
+//! are reserved (and faulted in) in steps of `write_ahead_bytes`, a small
+//! segment whole at creation; a seal trims every record and every segment
+//! (the log's position is in the chunk file), and the log starts again as
+//! a new one.
 //! Resident bytes are an upper bound: a node's periodic sync drops synced
 //! pages from resident memory. `tests` check the replay against the real
 //! `PartitionLog`.
@@ -16,8 +17,8 @@
 pub const SEGMENT_HEADER_BYTES: u64 = 1024;
 /// Bytes of a record's frame header.
 pub const FRAME_HEADER_BYTES: u64 = 24;
-/// The segment an emptied log (trimmed past its end) restarts with.
-pub const EMPTY_SEGMENT_BYTES: u64 = 4096;
+/// The first segment of a log when its first record fits.
+pub const FIRST_SEGMENT_BYTES: u64 = 4096;
 
 /// The log's size policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +82,7 @@ impl Segment {
 pub fn replay(policy: &LogPolicy, pattern: &LogPattern) -> LogFootprint {
     let step = policy.write_ahead_bytes;
     let frame = FRAME_HEADER_BYTES + pattern.payload_bytes;
-    let mut segments = vec![Segment::new(EMPTY_SEGMENT_BYTES, step)];
+    let mut segments: Vec<Segment> = Vec::new();
     let mut peak = LogFootprint::default();
     let periods = if pattern.seals {
         pattern.periods.min(64)
@@ -96,16 +97,15 @@ pub fn replay(policy: &LogPolicy, pattern: &LogPattern) -> LogFootprint {
     for _ in 0..periods {
         let mut in_log = 0;
         for _ in 0..records {
-            let active = segments.last().expect("a log has a segment");
-            if active.end + frame > active.size {
+            let active = segments.last();
+            if active.is_none_or(|a| a.end + frame > a.size) {
                 let needed = (SEGMENT_HEADER_BYTES + frame).next_power_of_two();
-                let size = (active.size * 2)
-                    .max(needed)
-                    .max(policy.segment_bytes_min)
-                    .min(policy.segment_bytes_max);
-                if active.end == SEGMENT_HEADER_BYTES {
-                    segments.pop();
+                let size = match active {
+                    None if needed <= FIRST_SEGMENT_BYTES => FIRST_SEGMENT_BYTES,
+                    None => needed.max(policy.segment_bytes_min),
+                    Some(a) => (a.size * 2).max(needed).max(policy.segment_bytes_min),
                 }
+                .min(policy.segment_bytes_max);
                 segments.push(Segment::new(size, step));
             }
             let seg = segments.last_mut().expect("a log has a segment");
@@ -124,14 +124,8 @@ pub fn replay(policy: &LogPolicy, pattern: &LogPattern) -> LogFootprint {
         peak.resident_bytes = peak.resident_bytes.max(now.resident_bytes);
         peak.record_bytes = peak.record_bytes.max(now.record_bytes);
         if pattern.seals {
-            // trim_before(last + 1): every segment but the active one goes,
-            // and a grown active one is replaced by one empty page.
-            let active = segments.pop().expect("a log has a segment");
-            segments = if active.size > EMPTY_SEGMENT_BYTES {
-                vec![Segment::new(EMPTY_SEGMENT_BYTES, step)]
-            } else {
-                vec![active]
-            };
+            // trim_all: every segment goes.
+            segments.clear();
         }
     }
     peak
@@ -141,7 +135,7 @@ pub fn replay(policy: &LogPolicy, pattern: &LogPattern) -> LogFootprint {
 mod tests {
     use std::sync::Arc;
 
-    use fsdb::{LogConfig, Lsn, MmapBackend, PartitionLog, Term};
+    use fsdb::{LogConfig, MmapBackend, PartitionLog, Term};
 
     use super::*;
 
@@ -175,7 +169,7 @@ mod tests {
             }
             peak = peak.max(log.disk_bytes());
             if pattern.seals {
-                log.trim_before(Lsn(log.last_lsn().0 + 1)).unwrap();
+                log.trim_all().unwrap();
             }
         }
         peak

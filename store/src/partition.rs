@@ -13,7 +13,10 @@
 //!
 //! Seal policy: [`Partition::seal`] writes *every* unsealed sample (head
 //! chunks and overlays) into one chunk file whose `covered_lsn` is the last
-//! LSN, then trims the log before it. [`Partition::seal_due`] says when it is
+//! LSN, then trims the log before it. The chunk file also carries the log's
+//! term history, so when no record came during the seal the log keeps no
+//! segment at all (`PartitionLog::trim_all`): an idle, sealed partition has
+//! no log file, and open resumes the log after the newest chunk file. [`Partition::seal_due`] says when it is
 //! time: the head holds at least `SealPolicy::head_samples_max` samples, or
 //! its oldest unsealed sample is `SealPolicy::head_span_ms` (default 2 h)
 //! older than the newest. Sealing everything keeps one simple invariant:
@@ -91,6 +94,8 @@ pub struct PartitionStats {
 /// file will hold. Immutable, shared by the state (for reads) and the seal.
 pub(crate) struct Sealing {
     covered: Lsn,
+    /// The log's term history at `covered`, persisted with the file.
+    terms: Vec<(Term, Lsn)>,
     /// The rejected counter at `covered`, persisted with the file.
     rejected: u64,
     /// (series id, head chunk, overlay), ascending ids.
@@ -182,8 +187,12 @@ impl Partition {
             config,
         };
         {
-            let log = partition.log.lock().expect("log lock");
+            let mut log = partition.log.lock().expect("log lock");
             let state = partition.load(&log)?;
+            // A log trimmed of every record continues after the newest file.
+            if let Some(newest) = state.files.iter().max_by_key(|f| f.covered_lsn()) {
+                log.resume_after(newest.covered_lsn(), newest.terms())?;
+            }
             *partition.state.write().expect("state lock") = state;
         }
         Ok(partition)
@@ -378,7 +387,11 @@ impl Partition {
         };
         state.add_file(file)?;
         state.sealing = None;
-        log.trim_before(Lsn(sealing.covered.0 + 1))?;
+        if log.last_lsn() == sealing.covered {
+            log.trim_all()?;
+        } else {
+            log.trim_before(Lsn(sealing.covered.0 + 1))?;
+        }
         Ok(chunks)
     }
 
@@ -397,6 +410,7 @@ impl Partition {
         }
         let mut sealing = Sealing {
             covered,
+            terms: log.term_history().to_vec(),
             rejected: state.mem.counts.rejected,
             series: Vec::new(),
             keys: Vec::new(),
@@ -423,6 +437,7 @@ impl Partition {
     fn write_sealing(&self, sealing: &Sealing) -> Result<(ChunkFile, usize)> {
         let mut writer = ChunkFileWriter::new(self.id.0, sealing.covered);
         writer.set_rejected(sealing.rejected);
+        writer.set_terms(&sealing.terms);
         let mut runs = Runs::default();
         for (i, (_, head, overlay)) in sealing.series.iter().enumerate() {
             runs.clear();

@@ -499,6 +499,55 @@ fn stats_account_memory_and_seal_policy() {
     assert_eq!((m.partitions, m.series, m.head_samples), (1, 3, 100));
 }
 
+/// A sealed partition that gets no more writes keeps no log file; opened
+/// again, its log goes on at the same LSN and term history (carried by the
+/// newest chunk file), and what comes after is replayed as before.
+#[test]
+fn a_sealed_idle_partition_keeps_no_log_file_and_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_files = || {
+        std::fs::read_dir(dir.path().join("p7/log"))
+            .unwrap()
+            .count()
+    };
+    let reopen = || {
+        let (store, report) = Store::open(StoreConfig::new(dir.path())).unwrap();
+        assert!(report.corrupted.is_empty(), "{report:?}");
+        store
+    };
+    let store = reopen();
+    let p = store.create_partition(P).unwrap();
+    assert_eq!(log_files(), 0, "a new partition has no log file");
+    p.append(Term(1), &encode(&vec![(0, 1, 1.0)])).unwrap();
+    p.append(Term(3), &encode(&vec![(1, 2, 2.0)])).unwrap();
+    assert_eq!(log_files(), 1);
+    p.seal().unwrap();
+    assert_eq!(log_files(), 0);
+    let history = p.term_history();
+    assert_eq!(history, [(Term(1), Lsn(1)), (Term(3), Lsn(2))]);
+    drop((p, store));
+
+    let store = reopen();
+    let p = store.partition(P).unwrap();
+    assert_eq!((p.last_lsn(), p.last_term()), (Lsn(2), Term(3)));
+    assert_eq!(p.term_history(), history);
+    assert_eq!(
+        p.append(Term(4), &encode(&vec![(2, 3, 3.0)])).unwrap(),
+        Lsn(3)
+    );
+    drop((p, store));
+
+    let store = reopen();
+    let p = store.partition(P).unwrap();
+    assert_eq!((p.last_lsn(), p.last_term()), (Lsn(3), Term(4)));
+    assert_eq!(p.select(&[], 0, 10).len(), 3);
+    assert!(matches!(
+        p.read_log(Lsn(2), 1 << 20),
+        Err(store::Error::TrimmedAway { .. })
+    ));
+    assert_eq!(p.read_log(Lsn(3), 1 << 20).unwrap().len(), 1);
+}
+
 #[test]
 fn a_damaged_chunk_is_never_served() {
     use std::io::{Seek, SeekFrom, Write as _};
@@ -518,7 +567,13 @@ fn a_damaged_chunk_is_never_served() {
         .write(true)
         .open(&chunk)
         .unwrap();
-    f.seek(SeekFrom::Start(80)).unwrap();
+    let first = fsdb::ChunkFile::open(&fsdb::MmapBackend, &chunk)
+        .unwrap()
+        .chunks()
+        .next()
+        .unwrap()
+        .offset;
+    f.seek(SeekFrom::Start(first)).unwrap();
     f.write_all(&[0x5A; 4]).unwrap();
     f.sync_all().unwrap();
     assert!(p.select(&[], 0, 10).is_empty(), "corrupt chunk served");

@@ -13,6 +13,8 @@
 //! Load: `COMPARE_RESOURCES` (10 000) x `COMPARE_METRICS` (20) series,
 //! `COMPARE_SAMPLES` (100) samples each at 10 s, over `COMPARE_CONNECTIONS`
 //! (4) connections. `COMPARE_SERVERS` (`vm,t1,t3`) picks the servers.
+//! `COMPARE_HOLD_SECS` keeps each server up that long after its queries,
+//! for a profiler to attach.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -460,7 +462,8 @@ fn measure(server: &mut Server, load: &Load, lines: &[Vec<u8>]) -> Figures {
     let series = format!("metric1{{resource=\"vm{}\"}}", load.resources / 2);
     let top = format!("topk(10, avg_over_time(metric2[{range}]))");
     let cases: Vec<(&str, String, &str, usize)> = vec![
-        ("one series, whole range", series, "/api/v1/query_range", 51),
+        // 201 runs: with fewer than 100, the "p99" is the slowest run.
+        ("one series, whole range", series, "/api/v1/query_range", 201),
         (
             "sum over all series, whole range",
             "sum({__name__=~\"metric.*\"})".into(),
@@ -501,6 +504,16 @@ fn measure(server: &mut Server, load: &Load, lines: &[Vec<u8>]) -> Figures {
         let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
         eprintln!("  {name}: p50 {p50:.2} ms, p99 {p99:.2} ms");
         queries.push((name.to_string(), p50, p99));
+    }
+    if let Some(secs) = std::env::var("COMPARE_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        eprintln!(
+            "  holding {secs} s for a look: http {}, pids {:?}",
+            server.http, pids
+        );
+        std::thread::sleep(Duration::from_secs(secs));
     }
     server.stop();
     Figures {

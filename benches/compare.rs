@@ -463,7 +463,12 @@ fn measure(server: &mut Server, load: &Load, lines: &[Vec<u8>]) -> Figures {
     let top = format!("topk(10, avg_over_time(metric2[{range}]))");
     let cases: Vec<(&str, String, &str, usize)> = vec![
         // 201 runs: with fewer than 100, the "p99" is the slowest run.
-        ("one series, whole range", series, "/api/v1/query_range", 201),
+        (
+            "one series, whole range",
+            series,
+            "/api/v1/query_range",
+            201,
+        ),
         (
             "sum over all series, whole range",
             "sum({__name__=~\"metric.*\"})".into(),

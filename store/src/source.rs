@@ -143,12 +143,35 @@ pub fn sort_by_labels(series: &mut Vec<SeriesData>) {
     series.extend(order.into_iter().filter_map(|i| slots[i].take()));
 }
 
+/// What [`Source::for_each_series`] calls with each series: a way to build
+/// its labels, and its samples.
+pub type SeriesVisitor<'f> = dyn FnMut(&dyn Fn() -> Labels, &[(i64, f64)]) + 'f;
+
 /// Where the query engine reads samples from.
 pub trait Source: Sync {
     /// Every series matching all `matchers` that has at least one sample in
     /// `[start_ms, end_ms]` (both inclusive), with those samples; each once
     /// (no two with equal labels), in any order.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesData>;
+
+    /// Calls `f` once for each series [`Source::select`] answers, in the
+    /// same order, with a way to build its labels and its samples, borrowed:
+    /// a fold that needs no labels reads without building them, and without
+    /// a copy of each series' samples. `false` when the source could not
+    /// finish (a partition rebuilt meanwhile): what `f` saw is void, and
+    /// `select` answers instead.
+    fn for_each_series(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut SeriesVisitor<'_>,
+    ) -> bool {
+        for s in self.select(matchers, start_ms, end_ms) {
+            f(&|| s.labels.clone(), &s.samples);
+        }
+        true
+    }
 }
 
 #[cfg(test)]

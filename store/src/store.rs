@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::head::Runs;
 use crate::partition::{Partition, PartitionConfig, PartitionStats, SealPolicy, State};
 use crate::series::KeyRef;
-use crate::source::{Matcher, SeriesData, Source};
+use crate::source::{Matcher, SeriesData, SeriesVisitor, Source};
 use crate::PartitionId;
 
 /// Default out-of-order window: one hour behind a series' newest sample.
@@ -300,6 +300,40 @@ impl Source for Partition {
         let mut out = Vec::new();
         self.select_into(matchers, start_ms, end_ms, &mut out);
         out
+    }
+
+    /// Reads each series into one buffer and hands it to `f` under the
+    /// state lock, in slices as `select` reads.
+    fn for_each_series(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut SeriesVisitor<'_>,
+    ) -> bool {
+        if start_ms > end_ms {
+            return true;
+        }
+        let (ids, generation) = self.matching(matchers);
+        let mut runs = Runs::default();
+        for slice in ids.chunks(SELECT_SERIES_PER_LOCK) {
+            let state = self.state.read().expect("state lock");
+            if state.generation != generation {
+                return false;
+            }
+            for &id in slice {
+                state.read_series(id, start_ms, end_ms, &mut runs);
+                let samples = runs.finish();
+                if samples.is_empty() {
+                    continue;
+                }
+                let Ok(key) = KeyRef::parse(state.mem.key(&state.mem.series[id as usize])) else {
+                    continue;
+                };
+                f(&|| key.labels(), samples);
+            }
+        }
+        true
     }
 }
 

@@ -586,6 +586,59 @@ fn a_damaged_chunk_is_never_served() {
     assert!(store.partition(P).is_none());
 }
 
+/// What `for_each_series` hands out, series by series, is what `select`
+/// answers, in the same order: sealed and head samples, across lock
+/// slices, and no series without samples in the range.
+#[test]
+fn for_each_series_visits_what_select_answers_in_its_order() {
+    let backend = Arc::new(MemBackend::new());
+    let store = open(&backend);
+    let p = store.create_partition(P).unwrap();
+    let push = |from: usize, to: usize, ts: i64| {
+        let mut b = batch::BatchBuilder::new();
+        for i in from..to {
+            let dc = if i % 3 == 0 { "eu" } else { "us" };
+            b.push(
+                &format!("r{i:03}"),
+                "cpu",
+                &[("dc", dc)],
+                ts + i as i64,
+                i as f64,
+            )
+            .unwrap();
+        }
+        let mut bytes = Vec::new();
+        b.encode(&mut bytes);
+        p.append(Term(1), &bytes).unwrap();
+    };
+    push(0, 600, 0);
+    p.seal().unwrap();
+    push(300, 700, 1000);
+    let m = |n: &str, op, v: &str| Matcher::new(n, op, v).unwrap();
+    for (matchers, start, end) in [
+        (vec![], 0, 5000),
+        (vec![], 1000, 5000),
+        (vec![], 0, 400),
+        (vec![m("dc", MatchOp::Equal, "eu")], 0, 5000),
+        (vec![m("resource", MatchOp::Regex, "r6.*")], 500, 1650),
+        (vec![], 10, 0),
+    ] {
+        let mut seen = Vec::new();
+        let finished = p.for_each_series(&matchers, start, end, &mut |labels, samples| {
+            seen.push(SeriesData {
+                labels: labels(),
+                samples: samples.to_vec(),
+            });
+        });
+        assert!(finished);
+        assert_eq!(
+            seen,
+            p.select(&matchers, start, end),
+            "{matchers:?} {start}..{end}"
+        );
+    }
+}
+
 #[test]
 fn large_selects_read_every_series_across_lock_slices() {
     let backend = Arc::new(MemBackend::new());

@@ -22,7 +22,7 @@ use promql_parser::parser::Expr;
 
 use super::eval::Ctx;
 use super::plan::{self, Selection};
-use super::series_major::{Fold, Partial};
+use super::series_major::{Fold, Partial, Streamed};
 use super::{check_range, parse, QueryError, QueryOptions, Result};
 use crate::source::Source;
 
@@ -144,13 +144,35 @@ impl FoldPlan {
         plan::selections(self.planned.clone())
     }
 
-    /// The aggregation over the series of `source` (one partition: its
-    /// data is loaded whole). `None` when it does not fold there: two of
+    /// The aggregation over the series of `source` (one partition). An
+    /// aggregation of one instant selector is folded series by series as
+    /// the source reads them ([`Fold::fold_streamed`]); any other loads its
+    /// series whole first. `None` when it does not fold there: two of
     /// its series carry the same labels once their name is dropped, or
     /// the groups take too many cells. The coordinator then evaluates the
     /// query from raw samples, with the generic evaluator's answer.
     pub fn fold(&self, source: &dyn Source) -> Result<Option<Partial>> {
         let fold = Fold::of(&self.agg).expect("foldable by construction");
+        // One selector without alternatives: fold each series as it is read.
+        if let [plan::Planned {
+            groups,
+            start_ms,
+            end_ms,
+            ..
+        }] = self.planned.as_slice()
+        {
+            if let [matchers] = groups.as_slice() {
+                let ctx =
+                    Ctx::load_planned(source, &[], self.start_ms, self.end_ms, &self.opts, false)?;
+                let mut partial = self.empty();
+                let range = (*start_ms, *end_ms);
+                match fold.fold_streamed(&ctx, source, matchers, range, &self.opts, &mut partial) {
+                    Streamed::Folded => return Ok(Some(partial)),
+                    Streamed::Declined => return Ok(None),
+                    Streamed::Fallback => {}
+                }
+            }
+        }
         let ctx = Ctx::load_planned(
             source,
             &self.planned,

@@ -19,7 +19,8 @@ use super::aggregate::{group_labels, op, Acc, Op};
 use super::eval::{unparen, Ctx, Series, Window};
 use super::functions::{range_fn, range_value, RangeFn};
 use super::plan::{duration_ms, reference_ms};
-use crate::source::{Labels, SeriesData};
+use super::QueryOptions;
+use crate::source::{Labels, Matcher, SeriesData, Source};
 
 /// Accumulators (groups × steps) above which the generic path, which holds
 /// one step at a time, is used instead.
@@ -88,28 +89,9 @@ impl<'a> Inner<'a> {
         mut add: impl FnMut(usize, f64),
     ) {
         let samples = &s.samples;
-        // The first sample after `at`, from `i` on: cursors only move
-        // forward (every step's reference time is at or after the last's),
-        // so all the steps together walk each sample once.
-        let after = |mut i: usize, at: i64| {
-            while samples.get(i).is_some_and(|p| p.0 <= at) {
-                i += 1;
-            }
-            i
-        };
         match self {
             Inner::Selector(vs) => {
-                let mut i = 0;
-                for k in 0..points {
-                    let t = start_ms + k as i64 * step_ms;
-                    let at = reference_ms(vs, t, ctx.start_ms, ctx.end_ms);
-                    i = after(i, at);
-                    if let Some(&(ts, v)) = i.checked_sub(1).map(|j| &samples[j]) {
-                        if ts > at.saturating_sub(ctx.lookback_ms()) {
-                            add(k, v);
-                        }
-                    }
-                }
+                selector_steps(vs, ctx, samples, (start_ms, step_ms, points), add)
             }
             Inner::Range { f, ms, q } => {
                 let range_ms = duration_ms(&ms.range);
@@ -118,8 +100,8 @@ impl<'a> Inner<'a> {
                     let t = start_ms + k as i64 * step_ms;
                     let end = reference_ms(&ms.vs, t, ctx.start_ms, ctx.end_ms);
                     let start = end.saturating_sub(range_ms);
-                    lo = after(lo, start);
-                    hi = after(hi.max(lo), end);
+                    lo = after(samples, lo, start);
+                    hi = after(samples, hi.max(lo), end);
                     if lo >= hi {
                         continue;
                     }
@@ -137,6 +119,49 @@ impl<'a> Inner<'a> {
             }
         }
     }
+}
+
+/// The first sample after `at`, from `i` on: cursors only move forward
+/// (every step's reference time is at or after the last's), so all the
+/// steps together walk each sample once.
+fn after(samples: &[(i64, f64)], mut i: usize, at: i64) -> usize {
+    while samples.get(i).is_some_and(|p| p.0 <= at) {
+        i += 1;
+    }
+    i
+}
+
+/// [`Inner::each_step`] of an instant selector: the sample each step's
+/// lookback finds.
+fn selector_steps(
+    vs: &VectorSelector,
+    ctx: &Ctx,
+    samples: &[(i64, f64)],
+    (start_ms, step_ms, points): (i64, i64, usize),
+    mut add: impl FnMut(usize, f64),
+) {
+    let mut i = 0;
+    for k in 0..points {
+        let t = start_ms + k as i64 * step_ms;
+        let at = reference_ms(vs, t, ctx.start_ms, ctx.end_ms);
+        i = after(samples, i, at);
+        if let Some(&(ts, v)) = i.checked_sub(1).map(|j| &samples[j]) {
+            if ts > at.saturating_sub(ctx.lookback_ms()) {
+                add(k, v);
+            }
+        }
+    }
+}
+
+/// How [`Fold::fold_streamed`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Streamed {
+    /// The partial holds the aggregation.
+    Folded,
+    /// The aggregation does not fold here (as [`Fold::fold`]'s `None`).
+    Declined,
+    /// Fold the loaded series instead.
+    Fallback,
 }
 
 /// An aggregation of the shape this path evaluates: `op by/without (...)
@@ -208,6 +233,111 @@ impl<'a> Fold<'a> {
             op => self.fold_rows(ctx, series, &group_of, partial, |a, v| a.add(op, v)),
         }
         Some(())
+    }
+
+    /// [`Fold::fold`] of an instant selector over the series `matchers`
+    /// select from `source` in `range`, each folded as the source reads it:
+    /// no copy of its samples, and no labels built unless `by`/`without`
+    /// groups them. The series come in the order `select` gives them, so
+    /// the answer is the same bit for bit. `Fallback` (with `partial` to be
+    /// thrown away) for any other shape, when a limit of `opts` is
+    /// exceeded (the loading path reports it), or when the source could
+    /// not finish.
+    pub fn fold_streamed(
+        &self,
+        ctx: &Ctx,
+        source: &dyn Source,
+        matchers: &[Matcher],
+        (start_ms, end_ms): (i64, i64),
+        opts: &QueryOptions,
+        partial: &mut Partial,
+    ) -> Streamed {
+        let Inner::Selector(vs) = self.inner else {
+            return Streamed::Fallback;
+        };
+        match self.op {
+            Op::Sum => self.stream(
+                vs,
+                ctx,
+                source,
+                matchers,
+                (start_ms, end_ms),
+                opts,
+                partial,
+                |a, v| a.add(Op::Sum, v),
+            ),
+            Op::Avg => self.stream(
+                vs,
+                ctx,
+                source,
+                matchers,
+                (start_ms, end_ms),
+                opts,
+                partial,
+                |a, v| a.add(Op::Avg, v),
+            ),
+            op => self.stream(
+                vs,
+                ctx,
+                source,
+                matchers,
+                (start_ms, end_ms),
+                opts,
+                partial,
+                |a, v| a.add(op, v),
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        vs: &VectorSelector,
+        ctx: &Ctx,
+        source: &dyn Source,
+        matchers: &[Matcher],
+        (start_ms, end_ms): (i64, i64),
+        opts: &QueryOptions,
+        partial: &mut Partial,
+        add: impl Fn(&mut Acc, f64),
+    ) -> Streamed {
+        let steps = (partial.start_ms, partial.step_ms, partial.points);
+        let (mut series, mut samples) = (0usize, 0usize);
+        let mut outcome = Streamed::Folded;
+        // The one group of an aggregation without `by`/`without`, made
+        // with the first series (no series, no group).
+        let mut all = None;
+        let finished = source.for_each_series(matchers, start_ms, end_ms, &mut |labels, s| {
+            if outcome != Streamed::Folded {
+                return;
+            }
+            series += 1;
+            samples += s.len();
+            if series > opts.max_series || samples > opts.max_samples {
+                outcome = Streamed::Fallback;
+                return;
+            }
+            let g = match (self.modifier, all) {
+                (None, Some(g)) => Some(g),
+                (None, None) => {
+                    all = partial.group(Labels::default());
+                    all
+                }
+                (Some(m), _) => partial.group(group_labels(&labels(), Some(m))),
+            };
+            let Some(g) = g else {
+                outcome = Streamed::Declined;
+                return;
+            };
+            let points = partial.points;
+            let row = &mut partial.acc[g * points..(g + 1) * points];
+            selector_steps(vs, ctx, s, steps, |k, v| add(&mut row[k], v));
+        });
+        if finished {
+            outcome
+        } else {
+            Streamed::Fallback
+        }
     }
 
     fn fold_rows(

@@ -153,6 +153,17 @@ fn selector_steps(
     }
 }
 
+/// What [`Fold::fold_streamed`] reads.
+#[derive(Clone, Copy)]
+struct Read<'a> {
+    vs: &'a VectorSelector,
+    ctx: &'a Ctx,
+    source: &'a dyn Source,
+    matchers: &'a [Matcher],
+    range: (i64, i64),
+    opts: &'a QueryOptions,
+}
+
 /// How [`Fold::fold_streamed`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Streamed {
@@ -255,52 +266,35 @@ impl<'a> Fold<'a> {
         let Inner::Selector(vs) = self.inner else {
             return Streamed::Fallback;
         };
+        let read = Read {
+            vs,
+            ctx,
+            source,
+            matchers,
+            range: (start_ms, end_ms),
+            opts,
+        };
         match self.op {
-            Op::Sum => self.stream(
-                vs,
-                ctx,
-                source,
-                matchers,
-                (start_ms, end_ms),
-                opts,
-                partial,
-                |a, v| a.add(Op::Sum, v),
-            ),
-            Op::Avg => self.stream(
-                vs,
-                ctx,
-                source,
-                matchers,
-                (start_ms, end_ms),
-                opts,
-                partial,
-                |a, v| a.add(Op::Avg, v),
-            ),
-            op => self.stream(
-                vs,
-                ctx,
-                source,
-                matchers,
-                (start_ms, end_ms),
-                opts,
-                partial,
-                |a, v| a.add(op, v),
-            ),
+            Op::Sum => self.stream(&read, partial, |a, v| a.add(Op::Sum, v)),
+            Op::Avg => self.stream(&read, partial, |a, v| a.add(Op::Avg, v)),
+            op => self.stream(&read, partial, |a, v| a.add(op, v)),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
-        vs: &VectorSelector,
-        ctx: &Ctx,
-        source: &dyn Source,
-        matchers: &[Matcher],
-        (start_ms, end_ms): (i64, i64),
-        opts: &QueryOptions,
+        read: &Read<'_>,
         partial: &mut Partial,
         add: impl Fn(&mut Acc, f64),
     ) -> Streamed {
+        let Read {
+            vs,
+            ctx,
+            source,
+            matchers,
+            range: (start_ms, end_ms),
+            opts,
+        } = *read;
         let steps = (partial.start_ms, partial.step_ms, partial.points);
         let (mut series, mut samples) = (0usize, 0usize);
         let mut outcome = Streamed::Folded;

@@ -315,25 +315,9 @@ impl Source for Partition {
             return true;
         }
         let (ids, generation) = self.matching(matchers);
-        let mut runs = Runs::default();
-        for slice in ids.chunks(SELECT_SERIES_PER_LOCK) {
-            let state = self.state.read().expect("state lock");
-            if state.generation != generation {
-                return false;
-            }
-            for &id in slice {
-                state.read_series(id, start_ms, end_ms, &mut runs);
-                let samples = runs.finish();
-                if samples.is_empty() {
-                    continue;
-                }
-                let Ok(key) = KeyRef::parse(state.mem.key(&state.mem.series[id as usize])) else {
-                    continue;
-                };
-                f(&|| key.labels(), samples);
-            }
-        }
-        true
+        self.read_slices(&ids, generation, start_ms, end_ms, |key, runs| {
+            f(&|| key.labels(), runs.finish())
+        })
     }
 }
 
@@ -369,48 +353,71 @@ impl Partition {
         end_ms: i64,
         out: &mut Vec<SeriesData>,
     ) {
-        let mut runs = Runs::default();
-        // Read in slices of series, releasing the lock in between, so that a
-        // large select never stalls ingest for long. Series ids stay valid
-        // until the state is rebuilt (truncate_after): then read it all again
-        // under one lock.
         let first = out.len();
+        let push = |out: &mut Vec<SeriesData>, key: KeyRef<'_>, runs: &mut Runs| {
+            out.push(SeriesData {
+                labels: key.labels(),
+                samples: runs.take(),
+            })
+        };
+        if !self.read_slices(ids, generation, start_ms, end_ms, |k, r| push(out, k, r)) {
+            // The state was rebuilt (truncate_after): read it all again
+            // under one lock.
+            out.truncate(first);
+            let state = self.state.read().expect("state lock");
+            let ids = state.mem.select_ids(matchers);
+            let mut runs = Runs::default();
+            read_ids(&state, &ids, start_ms, end_ms, &mut runs, |k, r| {
+                push(out, k, r)
+            });
+        }
+    }
+
+    /// Reads the series `ids` of state `generation` in slices, releasing the
+    /// lock in between so that a large read never stalls ingest for long,
+    /// and calls `f` with each one that has samples in the range. `false`
+    /// when the state was rebuilt meanwhile (series ids changed meaning).
+    fn read_slices(
+        &self,
+        ids: &[u32],
+        generation: u64,
+        start_ms: i64,
+        end_ms: i64,
+        mut f: impl FnMut(KeyRef<'_>, &mut Runs),
+    ) -> bool {
+        let mut runs = Runs::default();
         for slice in ids.chunks(SELECT_SERIES_PER_LOCK) {
             let state = self.state.read().expect("state lock");
             if state.generation != generation {
-                out.truncate(first);
-                let ids = state.mem.select_ids(matchers);
-                read_ids(&state, &ids, start_ms, end_ms, &mut runs, out);
-                return;
+                return false;
             }
-            read_ids(&state, slice, start_ms, end_ms, &mut runs, out);
+            read_ids(&state, slice, start_ms, end_ms, &mut runs, &mut f);
         }
+        true
     }
 }
 
 /// Series read under one lock acquisition by a select.
 const SELECT_SERIES_PER_LOCK: usize = 256;
 
+/// Reads each of `ids` into `runs` and calls `f` with its key for those
+/// with samples in the range.
 fn read_ids(
     state: &State,
     ids: &[u32],
     start_ms: i64,
     end_ms: i64,
     runs: &mut Runs,
-    out: &mut Vec<SeriesData>,
+    mut f: impl FnMut(KeyRef<'_>, &mut Runs),
 ) {
     for &id in ids {
-        let s = &state.mem.series[id as usize];
         state.read_series(id, start_ms, end_ms, runs);
         if runs.finish().is_empty() {
             continue;
         }
-        let Ok(key) = KeyRef::parse(state.mem.key(s)) else {
+        let Ok(key) = KeyRef::parse(state.mem.key(&state.mem.series[id as usize])) else {
             continue;
         };
-        out.push(SeriesData {
-            labels: key.labels(),
-            samples: runs.take(),
-        });
+        f(key, runs);
     }
 }

@@ -22,7 +22,7 @@ use promql_parser::parser::Expr;
 
 use super::eval::Ctx;
 use super::plan::{self, Selection};
-use super::series_major::{Fold, Partial, Streamed};
+use super::series_major::{Fold, Partial, Read, Streamed};
 use super::{check_range, parse, QueryError, QueryOptions, Result};
 use crate::source::Source;
 
@@ -162,11 +162,19 @@ impl FoldPlan {
         }] = self.planned.as_slice()
         {
             if let [matchers] = groups.as_slice() {
+                // Nothing loaded: the context only carries the query's
+                // bounds and lookback.
                 let ctx =
                     Ctx::load_planned(source, &[], self.start_ms, self.end_ms, &self.opts, false)?;
+                let read = Read {
+                    ctx: &ctx,
+                    source,
+                    matchers,
+                    range: (*start_ms, *end_ms),
+                    opts: &self.opts,
+                };
                 let mut partial = self.empty();
-                let range = (*start_ms, *end_ms);
-                match fold.fold_streamed(&ctx, source, matchers, range, &self.opts, &mut partial) {
+                match fold.fold_streamed(&read, &mut partial) {
                     Streamed::Folded => return Ok(Some(partial)),
                     Streamed::Declined => return Ok(None),
                     Streamed::Fallback => {}

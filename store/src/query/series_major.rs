@@ -153,15 +153,14 @@ fn selector_steps(
     }
 }
 
-/// What [`Fold::fold_streamed`] reads.
-#[derive(Clone, Copy)]
-struct Read<'a> {
-    vs: &'a VectorSelector,
-    ctx: &'a Ctx,
-    source: &'a dyn Source,
-    matchers: &'a [Matcher],
-    range: (i64, i64),
-    opts: &'a QueryOptions,
+/// What [`Fold::fold_streamed`] reads: the series `matchers` select
+/// from `source` in `range`, within the limits of `opts`.
+pub(crate) struct Read<'a> {
+    pub ctx: &'a Ctx,
+    pub source: &'a dyn Source,
+    pub matchers: &'a [Matcher],
+    pub range: (i64, i64),
+    pub opts: &'a QueryOptions,
 }
 
 /// How [`Fold::fold_streamed`] ended.
@@ -246,87 +245,66 @@ impl<'a> Fold<'a> {
         Some(())
     }
 
-    /// [`Fold::fold`] of an instant selector over the series `matchers`
-    /// select from `source` in `range`, each folded as the source reads it:
-    /// no copy of its samples, and no labels built unless `by`/`without`
-    /// groups them. The series come in the order `select` gives them, so
-    /// the answer is the same bit for bit. `Fallback` (with `partial` to be
-    /// thrown away) for any other shape, when a limit of `opts` is
-    /// exceeded (the loading path reports it), or when the source could
-    /// not finish.
-    pub fn fold_streamed(
-        &self,
-        ctx: &Ctx,
-        source: &dyn Source,
-        matchers: &[Matcher],
-        (start_ms, end_ms): (i64, i64),
-        opts: &QueryOptions,
-        partial: &mut Partial,
-    ) -> Streamed {
+    /// [`Fold::fold`] of an instant selector over what `read` selects, each
+    /// series folded as the source reads it: no copy of its samples, and
+    /// no labels built unless `by`/`without` groups them. The series come
+    /// in the order `select` gives them, so the answer is the same bit for
+    /// bit. `Fallback` (with `partial` to be thrown away) for any other
+    /// shape, when a limit of `read.opts` is exceeded (the loading path
+    /// reports it), or when the source could not finish.
+    pub fn fold_streamed(&self, read: &Read<'_>, partial: &mut Partial) -> Streamed {
         let Inner::Selector(vs) = self.inner else {
             return Streamed::Fallback;
         };
-        let read = Read {
-            vs,
-            ctx,
-            source,
-            matchers,
-            range: (start_ms, end_ms),
-            opts,
-        };
         match self.op {
-            Op::Sum => self.stream(&read, partial, |a, v| a.add(Op::Sum, v)),
-            Op::Avg => self.stream(&read, partial, |a, v| a.add(Op::Avg, v)),
-            op => self.stream(&read, partial, |a, v| a.add(op, v)),
+            Op::Sum => self.stream(vs, read, partial, |a, v| a.add(Op::Sum, v)),
+            Op::Avg => self.stream(vs, read, partial, |a, v| a.add(Op::Avg, v)),
+            op => self.stream(vs, read, partial, |a, v| a.add(op, v)),
         }
     }
 
     fn stream(
         &self,
+        vs: &VectorSelector,
         read: &Read<'_>,
         partial: &mut Partial,
         add: impl Fn(&mut Acc, f64),
     ) -> Streamed {
-        let Read {
-            vs,
-            ctx,
-            source,
-            matchers,
-            range: (start_ms, end_ms),
-            opts,
-        } = *read;
+        let (opts, (start_ms, end_ms)) = (read.opts, read.range);
         let steps = (partial.start_ms, partial.step_ms, partial.points);
         let (mut series, mut samples) = (0usize, 0usize);
         let mut outcome = Streamed::Folded;
         // The one group of an aggregation without `by`/`without`, made
         // with the first series (no series, no group).
         let mut all = None;
-        let finished = source.for_each_series(matchers, start_ms, end_ms, &mut |labels, s| {
-            if outcome != Streamed::Folded {
-                return;
-            }
-            series += 1;
-            samples += s.len();
-            if series > opts.max_series || samples > opts.max_samples {
-                outcome = Streamed::Fallback;
-                return;
-            }
-            let g = match (self.modifier, all) {
-                (None, Some(g)) => Some(g),
-                (None, None) => {
-                    all = partial.group(Labels::default());
-                    all
-                }
-                (Some(m), _) => partial.group(group_labels(&labels(), Some(m))),
-            };
-            let Some(g) = g else {
-                outcome = Streamed::Declined;
-                return;
-            };
-            let points = partial.points;
-            let row = &mut partial.acc[g * points..(g + 1) * points];
-            selector_steps(vs, ctx, s, steps, |k, v| add(&mut row[k], v));
-        });
+        let finished =
+            read.source
+                .for_each_series(read.matchers, start_ms, end_ms, &mut |labels, s| {
+                    if outcome != Streamed::Folded {
+                        return;
+                    }
+                    series += 1;
+                    samples += s.len();
+                    if series > opts.max_series || samples > opts.max_samples {
+                        outcome = Streamed::Fallback;
+                        return;
+                    }
+                    let g = match (self.modifier, all) {
+                        (None, Some(g)) => Some(g),
+                        (None, None) => {
+                            all = partial.group(Labels::default());
+                            all
+                        }
+                        (Some(m), _) => partial.group(group_labels(&labels(), Some(m))),
+                    };
+                    let Some(g) = g else {
+                        outcome = Streamed::Declined;
+                        return;
+                    };
+                    let points = partial.points;
+                    let row = &mut partial.acc[g * points..(g + 1) * points];
+                    selector_steps(vs, read.ctx, s, steps, |k, v| add(&mut row[k], v));
+                });
         if finished {
             outcome
         } else {

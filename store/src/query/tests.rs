@@ -893,6 +893,60 @@ fn selectors_report_what_to_fetch() {
     );
 }
 
+/// A source that hands out a wrong series and then says it could not
+/// finish (as a partition rebuilt meanwhile does).
+struct Unfinished(VecSource);
+
+impl Source for Unfinished {
+    fn select(&self, matchers: &[crate::Matcher], start_ms: i64, end_ms: i64) -> Vec<SeriesData> {
+        self.0.select(matchers, start_ms, end_ms)
+    }
+
+    fn for_each_series(
+        &self,
+        _: &[crate::Matcher],
+        _: i64,
+        _: i64,
+        f: &mut crate::source::SeriesVisitor<'_>,
+    ) -> bool {
+        f(&Labels::default, &[(1_000, 1e9)]);
+        false
+    }
+}
+
+/// A streamed fold falls back to loading the series where it cannot
+/// finish, or where a limit is exceeded (the loading path reports it with
+/// the whole count).
+#[test]
+fn a_streamed_fold_that_cannot_finish_loads_the_series_instead() {
+    let data = vec![
+        s("m{resource=a}", &[(1, 1.0), (2, 2.0)]),
+        s("m{resource=b,dc=eu}", &[(1, 10.0), (3, 30.0)]),
+    ];
+    let o = QueryOptions::default();
+    let answer =
+        |plan: &FoldPlan, source: &dyn Source| plan.fold(source).unwrap().unwrap().finish();
+    for q in ["sum(m)", "max by (dc) (m)"] {
+        let plan = FoldPlan::new(q, 0, 0, 4_000, 1_000, &o).unwrap();
+        let want = answer(&plan, &VecSource::new(data.clone()));
+        assert!(want.iter().any(|s| !s.samples.is_empty()), "{q}");
+        let got = answer(&plan, &Unfinished(VecSource::new(data.clone())));
+        assert_eq!(got, want, "{q}");
+    }
+    let one = QueryOptions {
+        max_series: 1,
+        ..QueryOptions::default()
+    };
+    let plan = FoldPlan::new("sum(m)", 0, 0, 4_000, 1_000, &one).unwrap();
+    let Err(err) = plan.fold(&VecSource::new(data)) else {
+        panic!("a fold over more series than the limit succeeded");
+    };
+    assert!(
+        matches!(err, QueryError::TooManySeries { series: 2, max: 1 }),
+        "{err}"
+    );
+}
+
 #[test]
 fn sources_merge_series() {
     let a = VecSource::new(vec![s("m{resource=a}", &[(1, 1.0), (3, 3.0)])]);

@@ -125,7 +125,7 @@ impl Node {
                 )),
                 Some(primary) if primary == self.id => self.primary_write(p, batch.view()).await,
                 Some(primary) => {
-                    self.forward_while_primary(primary, p, map.epoch.0, batch.bytes())
+                    Box::pin(self.forward_while_primary(primary, p, map.epoch.0, batch.bytes()))
                         .await
                 }
             };
@@ -248,7 +248,7 @@ impl Node {
         if self.synced_term(p) < term {
             // First write of this term here (the map-change sync did not
             // finish yet): take over what the other copies acknowledged.
-            self.sync_as_primary(p, term).await?;
+            Box::pin(self.sync_as_primary(p, term)).await?;
         }
         let part = self.partition(p)?;
         let lsn = part
@@ -267,7 +267,9 @@ impl Node {
         let mut waits = Vec::new();
         for r in targets {
             if map.is_active_copy(pid, r) {
-                waits.push(self.replicate_to(r, p, term, lsn.0, prev_term, batch));
+                waits.push(Box::pin(
+                    self.replicate_to(r, p, term, lsn.0, prev_term, batch),
+                ));
             } else if map
                 .state_of(r)
                 .is_some_and(|s| s != controller::NodeState::Down)

@@ -499,6 +499,26 @@ fn stats_account_memory_and_seal_policy() {
     assert_eq!((m.partitions, m.series, m.head_samples), (1, 3, 100));
 }
 
+/// A seal records where each series' chunks are: for a series' first
+/// chunk file one 24-byte entry, not a vector's first growth of four.
+#[test]
+fn a_seal_adds_one_entry_per_series_to_the_index() {
+    let (store, _) = Store::open(config(Arc::new(MemBackend::new()))).unwrap();
+    let p = store.create_partition(P).unwrap();
+    let series = 1_000;
+    let mut b = batch::BatchBuilder::new();
+    for r in 0..series {
+        b.push(&format!("vm-{r}"), "cpu", &[], 1_000, 1.0).unwrap();
+    }
+    let mut bytes = Vec::new();
+    b.encode(&mut bytes);
+    p.append(Term(1), &bytes).unwrap();
+    let before = p.stats().index_bytes;
+    assert_eq!(p.seal().unwrap(), series);
+    let grown = (p.stats().index_bytes - before) / series as u64;
+    assert!(grown <= 24, "{grown} bytes per series for one sealed chunk");
+}
+
 /// A sealed partition that gets no more writes keeps no log file; opened
 /// again, its log goes on at the same LSN and term history (carried by the
 /// newest chunk file), and what comes after is replayed as before.

@@ -8,7 +8,8 @@
 //! flushes, and measures ingest rate, server CPU seconds, peak RSS, disk
 //! bytes per sample and the latency of a few PromQL queries over a
 //! keep-alive HTTP connection. It prints one table with tandem/VM ratios,
-//! and stops every process it started.
+//! and stops every process it started. tandem's 1-node layout runs one
+//! controller, the 3-node layout three.
 //!
 //! Load: `COMPARE_RESOURCES` (10 000) x `COMPARE_METRICS` (20) series,
 //! `COMPARE_SAMPLES` (100) samples each at 10 s, over `COMPARE_CONNECTIONS`

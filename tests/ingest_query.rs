@@ -103,7 +103,8 @@ fn many_forwards_in_flight_never_block_replication() {
     assert_eq!(report["retries"], 0, "{report}");
 }
 
-/// Aggregations the nodes fold over their own partitions (`sum(m)`)
+/// Aggregations the nodes fold over their own partitions (`sum(m)`,
+/// `topk(3, m)`)
 /// answer as the same aggregation over raw samples gathered to the
 /// coordinator (`sum(m + 0)`, which does not fold; `label_replace` where
 /// the name must stay), through every node.
@@ -151,6 +152,14 @@ fn aggregations_folded_on_the_nodes_answer_as_raw_samples() {
         (
             "sum(rate(metric0[5m])) / count(metric0)",
             "sum(rate(metric0[5m]) + 0) / count(metric0 + 0)",
+        ),
+        (
+            "topk(3, avg_over_time(metric2[5m]))",
+            "topk(3, avg_over_time(metric2[5m]) + 0)",
+        ),
+        (
+            r#"bottomk by (resource) (1, {__name__=~"metric1|metric2"})"#,
+            r#"bottomk by (resource) (1, label_replace({__name__=~"metric1|metric2"}, "x", "", "x", ""))"#,
         ),
     ];
     for node in 0..3 {

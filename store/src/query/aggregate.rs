@@ -351,18 +351,24 @@ fn top(op: Op, input: &[Elem], modifier: Option<&LabelModifier>, k: i64) -> Resu
     let k = usize::try_from(k).unwrap_or(usize::MAX);
     let mut out = Vec::new();
     for mut g in grouped(input, modifier, op) {
-        g.elems
-            .sort_by(|a, b| match (a.value.is_nan(), b.value.is_nan()) {
-                (true, true) => std::cmp::Ordering::Equal,
-                (true, false) => std::cmp::Ordering::Greater,
-                (false, true) => std::cmp::Ordering::Less,
-                (false, false) if op == Op::Topk => b.value.total_cmp(&a.value),
-                (false, false) => a.value.total_cmp(&b.value),
-            });
+        g.elems.sort_by(|a, b| rank_order(op, a.value, b.value));
         g.elems.truncate(k);
         out.append(&mut g.elems);
     }
     Ok(Val::Vector(out))
+}
+
+/// The order topk (bottomk) ranks values in: largest (smallest) first, NaN
+/// last; `Equal` leaves the order to the caller (input order).
+pub(crate) fn rank_order(op: Op, a: f64, b: f64) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Greater,
+        (false, true) => Ordering::Less,
+        (false, false) if op == Op::Topk => b.total_cmp(&a),
+        (false, false) => a.total_cmp(&b),
+    }
 }
 
 /// Go's `strconv.FormatFloat(v, 'f', -1, 64)`: how Prometheus prints a

@@ -352,14 +352,27 @@ impl Ctx {
     /// A folded aggregation's elements at step `t`.
     fn folded_at(&self, e: &Expr, t: i64) -> Vec<Elem> {
         let groups = self.folded.get(&fold::key(e)).map(Vec::as_slice);
-        groups
+        let mut elems: Vec<Elem> = groups
             .unwrap_or_default()
             .iter()
             .filter_map(|g| {
                 let i = g.samples.binary_search_by_key(&t, |p| p.0).ok()?;
                 Some(Elem::new(g.labels.clone(), g.samples[i].1))
             })
-            .collect()
+            .collect();
+        let fold = series_major::Fold::of(e);
+        if let Some(f) =
+            fold.filter(|f| matches!(f.op(), aggregate::Op::Topk | aggregate::Op::Bottomk))
+        {
+            // As `topk` lists its elements: group by group (in label order
+            // here; the evaluator's first appearance), best first.
+            elems.sort_by(|a, b| {
+                aggregate::rank_order(f.op(), a.value, b.value)
+                    .then_with(|| a.labels.cmp(&b.labels))
+            });
+            elems.sort_by_cached_key(|e| aggregate::group_labels(&e.labels, f.modifier()));
+        }
+        elems
     }
 
     /// How far back an instant selector looks for a sample.

@@ -4,15 +4,19 @@
 //! sample and aggregating them in one place.
 //!
 //! Which aggregations fold: those the series-major path evaluates
-//! (`sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`, `stdvar` of a
-//! selector or of a range function of one, see [`series_major::Fold`]),
+//! (`sum`, `avg`, `min`, `max`, `count`, `group`, `stddev`, `stdvar`, and
+//! `topk`/`bottomk` with a literal k, of a selector or of a range function
+//! of one, see [`series_major::Fold`]),
 //! wherever they sit in the query but under a subquery (which evaluates
 //! them at times other than the query's steps). They are numbered in a
 //! fixed walk of the query, so a request names one by the query text and
 //! its number.
 //!
 //! Partials of disjoint series merge exactly but for rounding: sums are
-//! added in another order than one node would add them. Series of two
+//! added in another order than one node would add them. A topk/bottomk
+//! partial keeps each group's k best per step with their series' labels,
+//! which break ties as the evaluator's input order does; a folded topk
+//! lists its groups in label order (the evaluator: first appearance). Series of two
 //! partitions never collide (they differ in their resource), so the
 //! uniqueness check a single evaluator makes is made per partition.
 
@@ -135,8 +139,9 @@ impl FoldPlan {
 
     /// The partial of no series at all.
     pub fn empty(&self) -> Partial {
-        let op = Fold::of(&self.agg).expect("foldable by construction").op();
-        Partial::new(op, self.start_ms, self.step_ms, self.points)
+        Fold::of(&self.agg)
+            .expect("foldable by construction")
+            .empty(self.start_ms, self.step_ms, self.points)
     }
 
     /// What the aggregation reads, as a coordinator would fetch it.

@@ -11,20 +11,24 @@
 //! each step), so the answer is the same bit for bit. Any other shape
 //! returns `None` and takes the generic path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, MatrixSelector, VectorSelector};
 
-use super::aggregate::{group_labels, op, Acc, Op};
-use super::eval::{unparen, Ctx, Series, Window};
+use super::aggregate::{group_labels, op, rank_order, Acc, Op};
+use super::eval::{unparen, without_name, Ctx, Series, Window};
 use super::functions::{range_fn, range_value, RangeFn};
 use super::plan::{duration_ms, reference_ms};
 use super::QueryOptions;
 use crate::source::{Labels, Matcher, SeriesData, Source};
 
-/// Accumulators (groups × steps) above which the generic path, which holds
-/// one step at a time, is used instead.
+/// Accumulators (groups × steps, times k for topk/bottomk) above which the
+/// generic path, which holds one step at a time, is used instead.
 const MAX_CELLS: usize = 1 << 20;
+/// The largest k of a topk/bottomk that folds (a literal): each partition
+/// keeps k elements per group and step.
+const MAX_FOLDED_K: usize = 10_000;
 
 /// What is aggregated: an instant selector, or a range function of a
 /// matrix selector with a constant parameter.
@@ -69,12 +73,18 @@ impl<'a> Inner<'a> {
         }
     }
 
-    /// The labels an element of series `s` carries: a range function drops
-    /// the metric name, except last_over_time.
+    /// Whether elements drop the metric name: a range function does, but
+    /// last_over_time.
+    fn unnamed(&self) -> bool {
+        matches!(self, Inner::Range { f, .. } if *f != RangeFn::Last)
+    }
+
+    /// The labels an element of series `s` carries.
     fn labels<'s>(&self, s: &'s Series) -> &'s Labels {
-        match self {
-            Inner::Range { f, .. } if *f != RangeFn::Last => s.unnamed(),
-            _ => &s.labels,
+        if self.unnamed() {
+            s.unnamed()
+        } else {
+            &s.labels
         }
     }
 
@@ -175,11 +185,14 @@ pub(crate) enum Streamed {
 }
 
 /// An aggregation of the shape this path evaluates: `op by/without (...)
-/// (inner)` with an operator that folds values one by one.
+/// (inner)` with an operator that folds values one by one, or
+/// `topk`/`bottomk` with a literal k, which keeps each group's k best.
 pub(crate) struct Fold<'a> {
     op: Op,
     inner: Inner<'a>,
     modifier: Option<&'a LabelModifier>,
+    /// topk/bottomk's k; 0 for the other operators.
+    k: usize,
 }
 
 impl<'a> Fold<'a> {
@@ -187,21 +200,47 @@ impl<'a> Fold<'a> {
         let Expr::Aggregate(AggregateExpr {
             op: name,
             expr,
-            param: None,
+            param,
             modifier,
         }) = unparen(e)
         else {
             return None;
         };
+        let op = op(&name.to_string()).ok()?;
+        let k = match (op, param) {
+            (op, None) if op.folds() => 0,
+            // k truncated as the evaluator takes it; any other parameter
+            // (k < 1, NaN, an expression) is the generic path's to answer.
+            (Op::Topk | Op::Bottomk, Some(p)) => match unparen(p) {
+                Expr::NumberLiteral(n) if (1.0..MAX_FOLDED_K as f64 + 1.0).contains(&n.val) => {
+                    n.val as usize
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
         Some(Fold {
-            op: op(&name.to_string()).ok().filter(|op| op.folds())?,
+            op,
             inner: Inner::of(expr)?,
             modifier: modifier.as_ref(),
+            k,
         })
     }
 
     pub fn op(&self) -> Op {
         self.op
+    }
+
+    pub fn modifier(&self) -> Option<&'a LabelModifier> {
+        self.modifier
+    }
+
+    /// The partial of no series at all, at `points` steps from `start_ms`.
+    pub fn empty(&self, start_ms: i64, step_ms: i64, points: usize) -> Partial {
+        let mut p = Partial::new(self.op, start_ms, step_ms, points);
+        p.k = self.k;
+        p.unnamed = self.inner.unnamed();
+        p
     }
 
     /// Folds the series `ctx` loaded for this aggregation into `partial`,
@@ -214,7 +253,7 @@ impl<'a> Fold<'a> {
         // the metric name can make two carry the same labels. Labels in
         // strictly increasing order (as the evaluator loads a selector's
         // series) are distinct without hashing them.
-        let renamed = matches!(self.inner, Inner::Range { f, .. } if f != RangeFn::Last);
+        let renamed = self.inner.unnamed();
         let increasing = || {
             series
                 .windows(2)
@@ -235,6 +274,17 @@ impl<'a> Fold<'a> {
                 .map(|s| partial.group(group_labels(self.inner.labels(s), Some(m))))
                 .collect::<Option<_>>()?,
         };
+        if self.k > 0 {
+            let points = partial.points;
+            let steps = (partial.start_ms, partial.step_ms, points);
+            let mut scratch = Vec::new();
+            for (s, &g) in series.iter().zip(group_of.iter()) {
+                self.inner.each_step(ctx, s, steps, &mut scratch, |k, v| {
+                    partial.rank(g * points + k, v, &s.labels)
+                });
+            }
+            return Some(());
+        }
         // The loop made once per operator that dashboards fold most, so
         // that its accumulator step is inlined without a match per value.
         match self.op {
@@ -256,6 +306,10 @@ impl<'a> Fold<'a> {
         let Inner::Selector(vs) = self.inner else {
             return Streamed::Fallback;
         };
+        if self.k > 0 {
+            // topk/bottomk rank series by their labels on ties: loaded.
+            return Streamed::Fallback;
+        }
         match self.op {
             Op::Sum => self.stream(vs, read, partial, |a, v| a.add(Op::Sum, v)),
             Op::Avg => self.stream(vs, read, partial, |a, v| a.add(Op::Avg, v)),
@@ -344,7 +398,18 @@ pub struct Partial {
     index: HashMap<Labels, usize>,
     /// `points` cells per group, group by group.
     acc: Vec<Acc>,
+    /// topk/bottomk: how many elements a cell keeps (0 for the other
+    /// operators), and whether elements drop the metric name.
+    k: usize,
+    unnamed: bool,
+    /// topk/bottomk's cells, laid out as `acc`: the best `k` values with
+    /// their series' labels, best first; equal values rank in label order,
+    /// which is the evaluator's input order.
+    ranked: Vec<Ranked>,
 }
+
+/// A topk/bottomk cell: values and their series' labels, best first.
+type Ranked = Vec<(f64, Arc<Labels>)>;
 
 impl Partial {
     pub(crate) fn new(op: Op, start_ms: i64, step_ms: i64, points: usize) -> Partial {
@@ -356,6 +421,9 @@ impl Partial {
             groups: Vec::new(),
             index: HashMap::new(),
             acc: Vec::new(),
+            k: 0,
+            unnamed: false,
+            ranked: Vec::new(),
         }
     }
 
@@ -365,14 +433,31 @@ impl Partial {
         if let Some(&g) = self.index.get(&labels) {
             return Some(g);
         }
-        if (self.groups.len() + 1).checked_mul(self.points)? > MAX_CELLS {
+        let cells = (self.groups.len() + 1).checked_mul(self.points)?;
+        if cells.checked_mul(self.k.max(1))? > MAX_CELLS {
             return None;
         }
         self.index.insert(labels.clone(), self.groups.len());
         self.groups.push(labels);
-        self.acc
-            .resize(self.groups.len() * self.points, Acc::default());
+        if self.k > 0 {
+            self.ranked.resize(cells, Vec::new());
+        } else {
+            self.acc.resize(cells, Acc::default());
+        }
         Some(self.groups.len() - 1)
+    }
+
+    /// Offers the value `v` of the series labelled `key` to topk/bottomk's
+    /// cell `cell`: kept if it ranks among the cell's best `k`.
+    fn rank(&mut self, cell: usize, v: f64, key: &Arc<Labels>) {
+        let (op, k) = (self.op, self.k);
+        let list = &mut self.ranked[cell];
+        let at = list
+            .partition_point(|(w, l)| rank_order(op, *w, v).then_with(|| (**l).cmp(key)).is_lt());
+        if at < k {
+            list.insert(at, (v, key.clone()));
+            list.truncate(k);
+        }
     }
 
     /// Folds in `other`, the partial of other series of the same
@@ -381,18 +466,25 @@ impl Partial {
     pub fn merge(&mut self, other: Partial) -> Option<()> {
         if (other.op, other.start_ms, other.step_ms, other.points)
             != (self.op, self.start_ms, self.step_ms, self.points)
+            || (other.k, other.unnamed) != (self.k, self.unnamed)
         {
             return None;
         }
         let points = self.points;
-        for (labels, row) in other
-            .groups
-            .into_iter()
-            .zip(other.acc.chunks(points.max(1)))
-        {
+        for (i, labels) in other.groups.into_iter().enumerate() {
             let g = self.group(labels)?;
-            for (acc, o) in self.acc[g * points..(g + 1) * points].iter_mut().zip(row) {
-                acc.merge(self.op, o);
+            let cells = i * points..(i + 1) * points;
+            if self.k > 0 {
+                for (j, cell) in other.ranked[cells].iter().enumerate() {
+                    for (v, key) in cell {
+                        self.rank(g * points + j, *v, key);
+                    }
+                }
+            } else {
+                let row = &other.acc[cells];
+                for (acc, o) in self.acc[g * points..(g + 1) * points].iter_mut().zip(row) {
+                    acc.merge(self.op, o);
+                }
             }
         }
         Some(())
@@ -402,6 +494,29 @@ impl Partial {
     /// sorted by labels.
     pub(crate) fn finish(self) -> Vec<SeriesData> {
         let (op, points) = (self.op, self.points);
+        if self.k > 0 {
+            // Each kept element's series, at the steps where it ranked; a
+            // series is in one group, whose cells come step by step.
+            let mut out: BTreeMap<Arc<Labels>, Vec<(i64, f64)>> = BTreeMap::new();
+            for (j, cell) in self.ranked.iter().enumerate() {
+                let t = self.start_ms + (j % points.max(1)) as i64 * self.step_ms;
+                for (v, key) in cell {
+                    let labels = if self.unnamed {
+                        without_name(key)
+                    } else {
+                        key.clone()
+                    };
+                    out.entry(labels).or_default().push((t, *v));
+                }
+            }
+            return out
+                .into_iter()
+                .map(|(labels, samples)| SeriesData {
+                    labels: Arc::unwrap_or_clone(labels),
+                    samples,
+                })
+                .collect();
+        }
         let mut out: Vec<SeriesData> = self
             .groups
             .into_iter()
@@ -421,31 +536,46 @@ impl Partial {
     }
 
     /// The partial as bytes, for [`Partial::decode`] on another node: the
-    /// groups' labels, and the state of each cell that folded a value.
+    /// groups' labels, and the state of each cell that folded a value
+    /// (topk/bottomk: each cell's kept values and their series' labels).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let put = |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u64).to_le_bytes());
         out.push(self.op as u8);
         out.extend_from_slice(&self.start_ms.to_le_bytes());
         out.extend_from_slice(&self.step_ms.to_le_bytes());
-        put(out, self.points);
-        put(out, self.groups.len());
-        for (labels, row) in self.groups.iter().zip(self.acc.chunks(self.points.max(1))) {
-            put(out, labels.len());
-            for (n, v) in labels.iter() {
-                for s in [n, v] {
-                    put(out, s.len());
-                    out.extend_from_slice(s.as_bytes());
+        put_num(out, self.points);
+        put_num(out, self.k);
+        out.push(u8::from(self.unnamed));
+        put_num(out, self.groups.len());
+        let points = self.points;
+        for (g, labels) in self.groups.iter().enumerate() {
+            put_labels(out, labels);
+            let cells = g * points..(g + 1) * points;
+            if self.k > 0 {
+                let present: Vec<(usize, &Ranked)> = self.ranked[cells]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| !c.is_empty())
+                    .collect();
+                put_num(out, present.len());
+                for (j, cell) in present {
+                    put_num(out, j);
+                    put_num(out, cell.len());
+                    for (v, key) in cell {
+                        out.extend_from_slice(&v.to_le_bytes());
+                        put_labels(out, key);
+                    }
                 }
-            }
-            let present: Vec<(usize, &Acc)> = row
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.count() > 0.0)
-                .collect();
-            put(out, present.len());
-            for (k, acc) in present {
-                put(out, k);
-                acc.encode(self.op, out);
+            } else {
+                let present: Vec<(usize, &Acc)> = self.acc[cells]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, a)| a.count() > 0.0)
+                    .collect();
+                put_num(out, present.len());
+                for (j, acc) in present {
+                    put_num(out, j);
+                    acc.encode(self.op, out);
+                }
             }
         }
     }
@@ -454,41 +584,51 @@ impl Partial {
     pub fn decode(mut buf: &[u8]) -> Result<Partial, String> {
         let buf = &mut buf;
         let bad = || "truncated or malformed partial aggregate".to_string();
-        fn take<'b>(buf: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
-            let (head, rest) = buf.split_at_checked(n)?;
-            *buf = rest;
-            Some(head)
-        }
-        let num = |buf: &mut &[u8]| -> Option<u64> {
-            Some(u64::from_le_bytes(take(buf, 8)?.try_into().ok()?))
-        };
         let op = *take(buf, 1).ok_or_else(bad)?.first().ok_or_else(bad)?;
         let op = Op::from_u8(op).ok_or_else(bad)?;
-        let start_ms = num(buf).ok_or_else(bad)? as i64;
-        let step_ms = num(buf).ok_or_else(bad)? as i64;
-        let points = num(buf).ok_or_else(bad)? as usize;
+        let start_ms = take_num(buf).ok_or_else(bad)? as i64;
+        let step_ms = take_num(buf).ok_or_else(bad)? as i64;
+        let points = take_num(buf).ok_or_else(bad)? as usize;
+        let k = take_num(buf).ok_or_else(bad)? as usize;
+        let unnamed = match take(buf, 1).ok_or_else(bad)? {
+            [0] => false,
+            [1] => true,
+            _ => return Err(bad()),
+        };
+        if (k > 0) != matches!(op, Op::Topk | Op::Bottomk) || k > MAX_FOLDED_K {
+            return Err(bad());
+        }
         let mut p = Partial::new(op, start_ms, step_ms, points);
-        let groups = num(buf).ok_or_else(bad)?;
+        (p.k, p.unnamed) = (k, unnamed);
+        let groups = take_num(buf).ok_or_else(bad)?;
         for _ in 0..groups {
-            let pairs = num(buf).ok_or_else(bad)?;
-            let mut labels = Vec::new();
-            for _ in 0..pairs {
-                let mut s = || -> Option<String> {
-                    let n = num(buf)? as usize;
-                    String::from_utf8(take(buf, n)?.to_vec()).ok()
-                };
-                labels.push((s().ok_or_else(bad)?, s().ok_or_else(bad)?));
-            }
+            let labels = take_labels(buf).ok_or_else(bad)?;
             let g = p
-                .group(Labels::new(labels))
+                .group(labels)
                 .ok_or_else(|| format!("a partial aggregate of more than {MAX_CELLS} cells"))?;
-            for _ in 0..num(buf).ok_or_else(bad)? {
-                let k = num(buf).ok_or_else(bad)? as usize;
-                let acc = Acc::decode(op, buf).ok_or_else(bad)?;
-                if k >= points {
+            for _ in 0..take_num(buf).ok_or_else(bad)? {
+                let j = take_num(buf).ok_or_else(bad)? as usize;
+                if j >= points {
                     return Err(bad());
                 }
-                p.acc[g * points + k] = acc;
+                if k > 0 {
+                    let n = take_num(buf).ok_or_else(bad)?;
+                    if n as usize > k {
+                        return Err(bad());
+                    }
+                    for _ in 0..n {
+                        let v = f64::from_le_bytes(
+                            take(buf, 8)
+                                .ok_or_else(bad)?
+                                .try_into()
+                                .map_err(|_| bad())?,
+                        );
+                        let key = Arc::new(take_labels(buf).ok_or_else(bad)?);
+                        p.rank(g * points + j, v, &key);
+                    }
+                } else {
+                    p.acc[g * points + j] = Acc::decode(op, buf).ok_or_else(bad)?;
+                }
             }
         }
         if !buf.is_empty() {
@@ -496,6 +636,43 @@ impl Partial {
         }
         Ok(p)
     }
+}
+
+fn put_num(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+fn put_labels(out: &mut Vec<u8>, labels: &Labels) {
+    put_num(out, labels.len());
+    for (n, v) in labels.iter() {
+        for s in [n, v] {
+            put_num(out, s.len());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+fn take<'b>(buf: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+    let (head, rest) = buf.split_at_checked(n)?;
+    *buf = rest;
+    Some(head)
+}
+
+fn take_num(buf: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(take(buf, 8)?.try_into().ok()?))
+}
+
+fn take_labels(buf: &mut &[u8]) -> Option<Labels> {
+    let pairs = take_num(buf)?;
+    let mut labels = Vec::new();
+    for _ in 0..pairs {
+        let mut s = || -> Option<String> {
+            let n = take_num(buf)? as usize;
+            String::from_utf8(take(buf, n)?.to_vec()).ok()
+        };
+        labels.push((s()?, s()?));
+    }
+    Some(Labels::new(labels))
 }
 
 /// `ast` over `points` steps from `start_ms`, if it has a shape this path
@@ -508,7 +685,7 @@ pub(crate) fn range(
     points: usize,
 ) -> Option<Vec<SeriesData>> {
     let fold = Fold::of(ast)?;
-    let mut partial = Partial::new(fold.op, start_ms, step_ms, points);
+    let mut partial = fold.empty(start_ms, step_ms, points);
     fold.fold(ctx, &mut partial)?;
     Some(partial.finish())
 }
@@ -584,12 +761,16 @@ mod tests {
             "avg(quantile_over_time(0.5, m[1m]))",
             "min(predict_linear(m[1m], 60))",
             "count(last_over_time({resource=\"a\"}[1m]))",
+            "topk(1, m)",
+            "bottomk by (resource) ((2.7), avg_over_time(m[1m]))",
         ] {
             assert!(taken(q), "{q}");
         }
         for q in [
             "m",
-            "topk(1, m)",
+            "topk(0.5, m)",
+            "topk(scalar(m), m)",
+            "bottomk(20000, m)",
             "quantile(0.5, m)",
             "sum(m + 1)",
             "sum(quantile_over_time(scalar(m), m[1m]))",

@@ -1012,6 +1012,9 @@ mod prop {
         // under a subquery (evaluated at its own steps: not folded).
         "topk(1, sum by (resource) (m))",
         "avg(m) - max_over_time(sum(m)[1m:10s])",
+        // topk/bottomk fold with a literal k: ties, groups, names dropped.
+        "bottomk by (k) (2, rate(m[1m]))",
+        "topk(2, last_over_time({__name__=~\"m|n\"}[1m])) * 2",
     ];
 
     fn series() -> impl Strategy<Value = Vec<SeriesData>> {
@@ -1237,6 +1240,45 @@ mod prop {
         } else {
             range_query_folded(&f, q, start, end, step, &o, folded)
         })
+    }
+
+    /// A folded topk lists what it keeps as the evaluator does: group by
+    /// group (in label order), best first, equal values in label order.
+    #[test]
+    fn a_folded_topk_lists_its_elements_best_first() {
+        let data = [
+            s("m{resource=a,g=1}", &[(10, 1.0)]),
+            s("m{resource=b,g=1}", &[(10, 3.0)]),
+            s("m{resource=c,g=1}", &[(10, 2.0)]),
+            s("m{resource=d,g=1}", &[(10, 3.0)]),
+            s("m{resource=e,g=2}", &[(10, 4.0)]),
+            s("m{resource=f,g=2}", &[(10, 5.0)]),
+        ];
+        let q = "topk by (g) (3, m)";
+        let folded = folded_query(&data, q, 10_000, 10_000, 1, true);
+        let one = instant_query(
+            &VecSource::new(data.to_vec()),
+            q,
+            10_000,
+            &QueryOptions::default(),
+        );
+        assert_eq!(render(folded.expect("topk folds")), render(one));
+        let folded = folded_query(&data, q, 10_000, 10_000, 1, true);
+        assert_eq!(
+            render(folded.expect("topk folds")),
+            [
+                "m{g=1,resource=b} 3",
+                "m{g=1,resource=d} 3",
+                "m{g=1,resource=c} 2",
+                "m{g=2,resource=f} 5",
+                "m{g=2,resource=e} 4",
+            ]
+        );
+        let folded = folded_query(&data, "bottomk(1, m)", 10_000, 10_000, 1, true);
+        assert_eq!(
+            render(folded.expect("bottomk folds")),
+            ["m{g=1,resource=a} 1"]
+        );
     }
 
     proptest! {

@@ -17,10 +17,6 @@ use crate::proto::{ErrorCode, Kind};
 /// another copy.
 const READ_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Consecutive partitions a node folds and merges as one task (1 024
-/// partitions make 64 tasks for the cores to share).
-const FOLD_RUN: usize = 16;
-
 /// A future answering for some partitions: its part, and the partitions
 /// it could not serve.
 type PartFuture<T> =
@@ -373,17 +369,11 @@ impl Node {
     }
 
     /// Folds what `req` asks over the partitions this node serves, each
-    /// on its own and on every core. Runs of [`FOLD_RUN`] consecutive
-    /// partitions are merged in partition order as they are folded, then
-    /// the runs in turn: the same partitions always give the same sums,
-    /// and a query holds a partial per run, not one per partition (a
-    /// partial is a group's cells at every step: at 1 440 steps about
-    /// 100 KB, for each of 1 024 partitions).
+    /// on its own and on every core ([`store::query::FoldPlan::fold_all`]).
     fn fold_local(
         &self,
         req: &FoldRequest,
     ) -> Result<(Option<store::query::Partial>, Vec<u32>), (ErrorCode, String)> {
-        use rayon::prelude::*;
         let plan = store::query::FoldPlan::new(
             &req.expr,
             req.index,
@@ -394,28 +384,10 @@ impl Node {
         )
         .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
         let (serve, missing) = self.servable(&req.partitions);
-        // `None` where a partition declines (or two partials do not merge).
-        let fold_run = |run: &[Arc<store::Partition>]| {
-            let mut merged = plan.empty();
-            for p in run {
-                let Some(()) = plan.fold(&**p)?.and_then(|p| merged.merge(p)) else {
-                    return Ok(None);
-                };
-            }
-            Ok(Some(merged))
-        };
-        let runs: Vec<Option<store::query::Partial>> = serve
-            .par_chunks(FOLD_RUN)
-            .map(fold_run)
-            .collect::<Result<_, store::query::QueryError>>()
+        let merged = plan
+            .fold_all(&serve)
             .map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
-        let mut merged = plan.empty();
-        for run in runs {
-            let Some(()) = run.and_then(|p| merged.merge(p)) else {
-                return Ok((None, missing));
-            };
-        }
-        Ok((Some(merged), missing))
+        Ok((merged, missing))
     }
 
     async fn select_on(

@@ -95,16 +95,7 @@ fn real_store(
 /// A query's only foldable aggregation folded over each partition apart, on
 /// every core, the partials merged: how a node answers it (query/fold.rs).
 fn fold_partitions(plan: &FoldPlan, partitions: &[Arc<Partition>]) -> Folded {
-    use rayon::prelude::*;
-    let parts: Vec<_> = partitions
-        .par_iter()
-        .map(|p| plan.fold(&**p).unwrap().unwrap())
-        .collect();
-    let mut merged = plan.empty();
-    for p in parts {
-        merged.merge(p).unwrap();
-    }
-    Folded::from([(0, merged)])
+    Folded::from([(0, plan.fold_all(partitions).unwrap().unwrap())])
 }
 
 fn bench(c: &mut Criterion) {

@@ -1242,6 +1242,25 @@ mod prop {
         })
     }
 
+    /// `fold_all` folds sources in runs and merges the runs: over more
+    /// sources than a run holds it answers as one evaluator.
+    #[test]
+    fn fold_all_merges_runs_of_sources() {
+        let parts: Vec<Box<VecSource>> = (0..40)
+            .map(|r| {
+                let series = s(&format!("m{{resource=r{r}}}"), &[(10, r as f64)]);
+                Box::new(VecSource::new(vec![series]))
+            })
+            .collect();
+        let o = QueryOptions::default();
+        for (q, want) in [("sum(m)", "{} 780"), ("topk(1, m)", "m{resource=r39} 39")] {
+            let plan = FoldPlan::new(q, 0, 10_000, 10_000, 1, &o).unwrap();
+            let folded = Folded::from([(0, plan.fold_all(&parts).unwrap().unwrap())]);
+            let got = instant_query_folded(&VecSource::default(), q, 10_000, &o, folded);
+            assert_eq!(render(got), [want], "{q}");
+        }
+    }
+
     /// A folded topk lists what it keeps as the evaluator does: group by
     /// group (in label order), best first, equal values in label order.
     #[test]

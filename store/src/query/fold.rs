@@ -16,9 +16,10 @@
 //! added in another order than one node would add them. A topk/bottomk
 //! partial keeps each group's k best per step with their series' labels,
 //! which break ties as the evaluator's input order does; a folded topk
-//! lists its groups in label order (the evaluator: first appearance). Series of two
-//! partitions never collide (they differ in their resource), so the
-//! uniqueness check a single evaluator makes is made per partition.
+//! lists its groups in label order (the evaluator: first appearance).
+//! Series of two partitions never collide (they differ in their
+//! resource), so the uniqueness check a single evaluator makes is made
+//! per partition.
 
 use std::collections::{BTreeMap, HashSet};
 

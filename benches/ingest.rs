@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use controller::partition_of;
 use criterion::{Criterion, Throughput};
-use store::batch::BatchBuilder;
+use store::batch::PartitionBuilders;
 use store::{PartitionId, Store, StoreConfig, Term};
-use tandem::graphite::{find_byte, parse_line, GraphiteConfig, LineSplitter, Piece};
+use tandem::graphite::{find_byte, parse_text, GraphiteConfig, LineSplitter, Piece};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const RESOURCES: usize = 10_000;
@@ -48,31 +48,27 @@ fn round(ts_s: i64, walk: &mut [f64]) -> Vec<u8> {
 fn ingest(
     text: &[u8],
     store: &Store,
-    builders: &mut [BatchBuilder],
+    builders: &mut PartitionBuilders,
     config: &GraphiteConfig,
 ) -> usize {
     let mut n = 0;
     for_each_line(text, config, |line| {
-        let l = parse_line(line, config, 0).expect("valid line");
+        let l = parse_text(line, config, 0).expect("valid line");
         let p = partition_of(l.resource.as_bytes(), PARTITIONS).0;
-        builders[p as usize]
-            .push(l.resource, l.metric, &[], l.timestamp_ms, l.value)
+        builders
+            .push(p, l.resource, l.metric, &[], l.timestamp_ms, l.value)
             .expect("valid key");
         n += 1;
     });
-    for (p, b) in builders.iter_mut().enumerate() {
-        if b.is_empty() {
-            continue;
-        }
-        let batch = b.finish();
-        let part = store.partition(PartitionId(p as u32)).expect("created");
+    for (p, batch) in builders.finish() {
+        let part = store.partition(PartitionId(p)).expect("created");
         part.append_batch(Term(1), &batch.view()).expect("append");
     }
     n
 }
 
 /// Splits `text` into lines as the node's Graphite listener does.
-fn for_each_line(text: &[u8], config: &GraphiteConfig, mut on_line: impl FnMut(&[u8])) {
+fn for_each_line(text: &[u8], config: &GraphiteConfig, mut on_line: impl FnMut(&str)) {
     let mut splitter = LineSplitter::default();
     splitter.feed(text, config.line_bytes_max, |piece| {
         if let Piece::Line(line) = piece {
@@ -94,8 +90,8 @@ fn minimal_loop<S: BuildHasher>(
 ) -> usize {
     let mut n = 0;
     for_each_line(text, config, |line| {
-        let l = parse_line(line, config, 0).expect("valid line");
-        let key = &line[..find_byte(b' ', line).expect("has fields")];
+        let l = parse_text(line, config, 0).expect("valid line");
+        let key = &line.as_bytes()[..find_byte(b' ', line.as_bytes()).expect("has fields")];
         match series.get_mut(key) {
             Some(v) => v.push((l.timestamp_ms, l.value)),
             None => {
@@ -149,7 +145,7 @@ fn bench(c: &mut Criterion) {
             .create_partition(PartitionId(p))
             .expect("create partition");
     }
-    let mut builders: Vec<BatchBuilder> = (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
+    let mut builders = PartitionBuilders::new(PARTITIONS);
     let mut walk = vec![50.0; SERIES];
     let mut ts = 1_700_000_000i64;
     group.bench_function("parse_route_append_log", |b| {
@@ -212,7 +208,7 @@ fn reference<S: BuildHasher>(
 fn measured_ingest(
     text: &[u8],
     store: &Store,
-    builders: &mut [BatchBuilder],
+    builders: &mut PartitionBuilders,
     config: &GraphiteConfig,
 ) -> usize {
     ingest(text, store, builders, config)
@@ -248,8 +244,7 @@ fn profile(which: &str, warmup: usize, rounds: usize) {
                     .create_partition(PartitionId(p))
                     .expect("create partition");
             }
-            let mut builders: Vec<BatchBuilder> =
-                (0..PARTITIONS).map(|_| BatchBuilder::new()).collect();
+            let mut builders = PartitionBuilders::new(PARTITIONS);
             for _ in 0..warmup {
                 ingest(&next_text(), &store, &mut builders, &config);
             }

@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, Semaphore};
 
 use super::Node;
-use crate::graphite::{parse_line, LineError, LineSplitter, Piece};
+use crate::graphite::{parse_text, LineError, LineSplitter, Piece};
 
 const CONNECTIONS_MAX: usize = 1024;
 const READ_BYTES: usize = 256 * 1024;
@@ -57,7 +57,7 @@ async fn connection(mut socket: TcpStream, node: Arc<Node>) {
         };
         feed(&mut splitter, &mut groups, &node, &buf[..n]);
         // Take what has already arrived too, up to a batch, without waiting.
-        while groups.samples < FLUSH_SAMPLES {
+        while groups.samples() < FLUSH_SAMPLES {
             match socket.try_read(&mut buf) {
                 Ok(0) => open = false,
                 Ok(n) => {
@@ -75,7 +75,13 @@ async fn connection(mut socket: TcpStream, node: Arc<Node>) {
     if let Some(rest) = splitter.finish() {
         // A half line at close: it may be whole but for its line end.
         node.metrics.add_unterminated_line();
-        groups.add(&node, &rest, now_ms());
+        match std::str::from_utf8(&rest) {
+            Ok(line) => groups.add(&node, line, now_ms()),
+            Err(_) => {
+                groups.lines += 1;
+                node.metrics.add_bad_line(LineError::NotUtf8, &rest);
+            }
+        }
         groups.flush(&node).await;
     }
 }
@@ -85,6 +91,10 @@ fn feed(splitter: &mut LineSplitter, groups: &mut Groups, node: &Node, bytes: &[
     let max = node.graphite.line_bytes_max;
     splitter.feed(bytes, max, |piece| match piece {
         Piece::Line(line) => groups.add(node, line, now_ms),
+        Piece::NotUtf8(line) => {
+            groups.lines += 1;
+            node.metrics.add_bad_line(LineError::NotUtf8, line);
+        }
         Piece::TooLong => {
             node.metrics.add_graphite_lines(1);
             node.metrics
@@ -94,11 +104,9 @@ fn feed(splitter: &mut LineSplitter, groups: &mut Groups, node: &Node, bytes: &[
     });
 }
 
-/// One batch builder per partition, indexed by partition.
+/// A connection's samples grouped by partition, and its line count.
 struct Groups {
-    builders: Vec<store::batch::BatchBuilder>,
-    /// Samples held in the builders.
-    samples: usize,
+    builders: store::batch::PartitionBuilders,
     /// Lines since the last flush, counted into the node's metrics then
     /// (one shared counter per line was contended between connections).
     lines: u64,
@@ -107,55 +115,44 @@ struct Groups {
 impl Groups {
     fn new(partitions: u32) -> Groups {
         Groups {
-            builders: (0..partitions).map(|_| Default::default()).collect(),
-            samples: 0,
+            builders: store::batch::PartitionBuilders::new(partitions),
             lines: 0,
         }
     }
 
-    fn partitions(&self) -> u32 {
-        self.builders.len() as u32
+    fn samples(&self) -> usize {
+        self.builders.samples()
     }
 
-    fn add(&mut self, node: &Node, line: &[u8], now_ms: i64) {
+    fn add(&mut self, node: &Node, line: &str, now_ms: i64) {
         self.lines += 1;
-        let mut parsed = match parse_line(line, &node.graphite, now_ms) {
+        let mut parsed = match parse_text(line, &node.graphite, now_ms) {
             Ok(l) => l,
-            Err(e) => return node.metrics.add_bad_line(e, line),
+            Err(e) => return node.metrics.add_bad_line(e, line.as_bytes()),
         };
         let tags = &mut parsed.tags;
         tags.sort_unstable_by(|a, b| a.0.cmp(b.0));
         tags.dedup_by(|a, b| a.0 == b.0);
-        let p = partition_of(parsed.resource.as_bytes(), self.partitions()).0;
-        if self.builders[p as usize]
-            .push(
-                parsed.resource,
-                parsed.metric,
-                &parsed.tags,
-                parsed.timestamp_ms,
-                parsed.value,
-            )
-            .is_err()
-        {
-            node.metrics.add_bad_line(LineError::BadTag, line);
-        } else {
-            self.samples += 1;
+        let p = partition_of(parsed.resource.as_bytes(), self.builders.partitions()).0;
+        let pushed = self.builders.push(
+            p,
+            parsed.resource,
+            parsed.metric,
+            &parsed.tags,
+            parsed.timestamp_ms,
+            parsed.value,
+        );
+        if pushed.is_err() {
+            node.metrics
+                .add_bad_line(LineError::BadTag, line.as_bytes());
         }
     }
 
     async fn flush(&mut self, node: &Arc<Node>) {
         node.metrics
             .add_graphite_lines(std::mem::take(&mut self.lines));
-        let mut groups = Vec::new();
-        let mut samples = 0;
-        for (p, b) in self.builders.iter_mut().enumerate() {
-            if b.is_empty() {
-                continue;
-            }
-            samples += b.samples();
-            groups.push((p as u32, b.finish()));
-        }
-        self.samples = 0;
+        let samples = self.builders.samples();
+        let groups = self.builders.finish();
         if groups.is_empty() {
             return;
         }

@@ -142,11 +142,16 @@ impl BatchBuilder {
     /// Adds a sample of the key just encoded at `keys[at..]`, which stays
     /// in the arena only if it is new to the batch.
     fn push_key_at(&mut self, at: usize, ts: i64, value: f64) -> Result<()> {
+        self.push_hashed_at(at, None, ts, value)
+    }
+
+    /// [`Self::push_key_at`] with the key's hash, when the caller has it.
+    fn push_hashed_at(&mut self, at: usize, hash: Option<u64>, ts: i64, value: f64) -> Result<()> {
         if self.samples.len() >= SAMPLES_MAX {
             self.keys.truncate(at);
             return Err(Error::BatchFull);
         }
-        let id = match self.find(at) {
+        let id = match self.find(at, hash) {
             Ok(id) => {
                 self.keys.truncate(at);
                 id
@@ -165,18 +170,20 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// The series of the key at `keys[at..]`, if the batch has it; else the
-    /// key's hash, for [`Self::new_series`].
-    fn find(&self, at: usize) -> Result<u32, u64> {
+    /// The series of the key at `keys[at..]` (whose hash the caller may
+    /// know), if the batch has it; else the key's hash, for
+    /// [`Self::new_series`].
+    fn find(&self, at: usize, hash: Option<u64>) -> Result<u32, u64> {
         let (arena, key) = (&self.keys[..at], &self.keys[at..]);
         if let Some(last) = self.last {
             let s = self.series[last as usize];
             let known = arena.get(s.key_at as usize..).unwrap_or_default();
-            if s.key_len as usize == key.len() && known.starts_with(key) {
+            let may_be = hash.is_none_or(|h| self.hashes[last as usize] == h);
+            if may_be && s.key_len as usize == key.len() && known.starts_with(key) {
                 return Ok(last);
             }
         }
-        let hash = xxh3_64(key);
+        let hash = hash.unwrap_or_else(|| xxh3_64(key));
         self.index.find(hash, arena, key).ok_or(hash)
     }
 
@@ -276,6 +283,125 @@ impl BatchBuilder {
         self.index.clear();
         self.samples.clear();
         self.last = None;
+    }
+}
+
+/// One batch builder per partition, fed a sample at a time: how a Graphite
+/// connection groups what it reads.
+///
+/// The builders' indexes together are far bigger than the caches, and a
+/// connection's samples hit them in no order, so finding a sample's series
+/// in its builder waited on memory every time. Here a sample's key is
+/// encoded and hashed as it is pushed and its index slot prefetched; the
+/// sample enters its builder when the next one is pushed (or at
+/// [`Self::finish`]), the time it takes to parse a line later.
+pub struct PartitionBuilders {
+    builders: Vec<BatchBuilder>,
+    /// The sample pushed last, not in its builder yet.
+    pending: Option<Pending>,
+    /// A key buffer for the next push (the pending sample holds the other).
+    spare: Vec<u8>,
+    /// Samples pushed since the last finish, the pending one included.
+    samples: usize,
+    /// Bytes of the keys pushed since the last finish: with `samples`, what
+    /// keeps every builder below its limits, so that a pending sample always
+    /// goes in.
+    key_bytes: usize,
+}
+
+struct Pending {
+    partition: u32,
+    key: Vec<u8>,
+    hash: u64,
+    ts: i64,
+    value: f64,
+}
+
+impl PartitionBuilders {
+    pub fn new(partitions: u32) -> PartitionBuilders {
+        PartitionBuilders {
+            builders: (0..partitions).map(|_| BatchBuilder::new()).collect(),
+            pending: None,
+            spare: Vec::new(),
+            samples: 0,
+            key_bytes: 0,
+        }
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.builders.len() as u32
+    }
+
+    /// Samples held, over all partitions.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Adds one sample to `partition`'s batch (which must be below
+    /// [`Self::partitions`]). `tags` must be sorted by name with unique
+    /// names; an invalid key is an error, as is a sample past
+    /// [`SERIES_MAX`] held in all (finish before). After an error, what
+    /// was pushed before is kept.
+    pub fn push(
+        &mut self,
+        partition: u32,
+        resource: &str,
+        metric: &str,
+        tags: &[(&str, &str)],
+        ts: i64,
+        value: f64,
+    ) -> Result<()> {
+        check_parts(resource, metric, tags)?;
+        let mut key = std::mem::take(&mut self.spare);
+        key.clear();
+        encode_parts(resource, metric, tags.iter().copied(), &mut key);
+        if self.samples >= SERIES_MAX || self.key_bytes + key.len() > u32::MAX as usize {
+            self.spare = key;
+            return Err(Error::BatchFull);
+        }
+        let hash = xxh3_64(&key);
+        self.builders[partition as usize].index.prefetch(hash);
+        self.samples += 1;
+        self.key_bytes += key.len();
+        let next = Pending {
+            partition,
+            key,
+            hash,
+            ts,
+            value,
+        };
+        if let Some(p) = self.pending.replace(next) {
+            self.spare = self.enter(p);
+        }
+        Ok(())
+    }
+
+    /// Puts a pending sample into its builder; gives its key buffer back.
+    fn enter(&mut self, p: Pending) -> Vec<u8> {
+        let b = &mut self.builders[p.partition as usize];
+        let at = b.keys.len();
+        b.keys.extend_from_slice(&p.key);
+        // `push` keeps every builder at most SERIES_MAX samples (so below
+        // SAMPLES_MAX, and at most SERIES_MAX series) and 4 GiB of keys.
+        b.push_hashed_at(at, Some(p.hash), p.ts, p.value)
+            .expect("push keeps every builder below its limits");
+        p.key
+    }
+
+    /// The batches of every partition that has samples, in partition order,
+    /// leaving the builders empty.
+    pub fn finish(&mut self) -> Vec<(u32, Batch)> {
+        if let Some(p) = self.pending.take() {
+            self.spare = self.enter(p);
+        }
+        self.samples = 0;
+        self.key_bytes = 0;
+        self.builders
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(p, b)| (p as u32, b.finish()))
+            .collect()
     }
 }
 
@@ -647,6 +773,58 @@ mod tests {
         assert!(matches!(decode(&version), Err(Error::BatchVersion(9))));
     }
 
+    /// What `PartitionBuilders` holds, read back per partition.
+    type Grouped = Vec<(u32, Vec<(Vec<u8>, Option<u64>, Vec<(i64, u64)>)>)>;
+
+    fn read(batches: &[(u32, Batch)]) -> Grouped {
+        batches
+            .iter()
+            .map(|(p, b)| {
+                let series = b.view().series();
+                let read = series.map(|s| {
+                    let samples = s.samples.map(|(t, v)| (t, v.to_bits()));
+                    (s.key_bytes.to_vec(), s.key_hash, samples.collect())
+                });
+                (*p, read.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partition_builders_keep_what_was_pushed_before_an_error() {
+        let mut b = PartitionBuilders::new(3);
+        b.push(2, "vm1", "cpu", &[], 10, 1.0).unwrap();
+        assert!(b
+            .push(0, "vm1", "cpu", &[("b", "1"), ("a", "1")], 10, 1.0)
+            .is_err());
+        assert!(b.push(1, "vm1", "cpu", &[("", "1")], 10, 1.0).is_err());
+        assert_eq!(b.samples(), 1);
+        let got = read(&b.finish());
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 2);
+        assert_eq!(got[0].1[0].2, vec![(10, 1.0f64.to_bits())]);
+        assert_eq!(b.samples(), 0);
+        assert!(b.finish().is_empty());
+    }
+
+    #[test]
+    fn partition_builders_hold_series_max_samples_then_refuse() {
+        let mut b = PartitionBuilders::new(2);
+        for i in 0..SERIES_MAX {
+            let resource = format!("vm{i}");
+            b.push((i % 2) as u32, &resource, "cpu", &[], 1, 0.0)
+                .unwrap();
+        }
+        assert!(matches!(
+            b.push(0, "vm", "cpu", &[], 1, 0.0),
+            Err(Error::BatchFull)
+        ));
+        let batches = b.finish();
+        let held: usize = batches.iter().map(|(_, b)| b.view().sample_count()).sum();
+        assert_eq!(held, SERIES_MAX);
+        b.push(0, "vm", "cpu", &[], 1, 0.0).unwrap();
+    }
+
     fn arb_batch() -> impl Strategy<Value = Owned> {
         let key = (
             "[a-c]{0,3}",
@@ -671,6 +849,35 @@ mod tests {
                 put_one_sample(ts, v, &mut one);
                 put_samples(&[(ts, v)], &mut list);
                 prop_assert_eq!(one, list);
+            }
+        }
+
+        /// Partition builders give what one batch builder per partition
+        /// gives, round after round.
+        #[test]
+        fn partition_builders_batch_as_one_builder_per_partition(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((0u32..4, 0usize..6, any::<i64>(), any::<f64>()), 0..40),
+                1..3,
+            ),
+        ) {
+            let names = ["vm1", "vm2", "vm3"];
+            let tags: [&[(&str, &str)]; 2] = [&[], &[("dc", "eu")]];
+            let mut all = PartitionBuilders::new(4);
+            for round in rounds {
+                let mut each: Vec<BatchBuilder> = (0..4).map(|_| BatchBuilder::new()).collect();
+                for (p, k, ts, v) in round {
+                    let (r, t) = (names[k % 3], tags[k / 3]);
+                    all.push(p, r, "cpu", t, ts, v).unwrap();
+                    each[p as usize].push(r, "cpu", t, ts, v).unwrap();
+                }
+                let want: Vec<(u32, Batch)> = each
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(p, b)| (p as u32, b.finish()))
+                    .collect();
+                prop_assert_eq!(read(&all.finish()), read(&want));
             }
         }
 

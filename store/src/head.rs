@@ -65,12 +65,12 @@ impl Series {
         }
     }
 
-    /// Loads what the next write reads (the state and the head chunk's last
-    /// byte), so that a batch can have these loads in flight together.
+    /// Starts loading the head chunk's end, where the next write goes.
     #[inline]
-    pub fn touch(&self) -> u64 {
-        let bytes = self.head.bytes();
-        self.newest as u64 ^ u64::from(bytes[bytes.len() - 1])
+    pub fn prefetch_head(&self) {
+        if let Some(last) = self.head.bytes().last() {
+            crate::prefetch::prefetch(last);
+        }
     }
 
     #[inline]

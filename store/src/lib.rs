@@ -12,6 +12,7 @@ pub mod error;
 mod head;
 mod memory;
 pub mod partition;
+mod prefetch;
 pub mod query;
 pub mod series;
 pub mod source;

@@ -13,6 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::batch::BatchView;
 use crate::head::{Outcome, SealedRef, Series};
+use crate::prefetch::prefetch;
 use crate::series::KeyRef;
 use crate::source::{Matcher, METRIC_LABEL, RESOURCE_LABEL};
 
@@ -92,33 +93,43 @@ impl Memory {
         }
     }
 
-    /// Applies a validated batch, a window of series at a time: first every
-    /// series of the window is looked up and its state touched, then the
-    /// window's samples are written.
+    /// Applies a validated batch, a window of series at a time, in passes
+    /// that each wait on memory once: the window's index slots are
+    /// prefetched, then its keys and series state, then each series' head
+    /// chunk, and the writes find all of it in cache.
     pub fn apply(&mut self, batch: &BatchView<'_>, ooo_window_ms: i64) {
         let mut counts = self.counts;
-        let mut window = Vec::with_capacity(APPLY_WINDOW.min(batch.series_count()));
+        let capacity = APPLY_WINDOW.min(batch.series_count());
+        let mut window = Vec::with_capacity(capacity);
+        let mut ids = Vec::with_capacity(capacity);
         let mut series = batch.series();
         loop {
             window.clear();
-            let mut touched = 0u64;
-            for s in series.by_ref().take(APPLY_WINDOW) {
+            window.extend(series.by_ref().take(APPLY_WINDOW).map(|s| {
                 let hash = s.key_hash.unwrap_or_else(|| xxh3_64(s.key_bytes));
-                let id = match self.index.find(hash, &self.keys, s.key_bytes) {
-                    Some(id) => {
-                        touched ^= self.series[id as usize].touch();
-                        id
-                    }
-                    None => NEW_SERIES,
-                };
-                window.push((id, s));
-            }
+                self.index.prefetch(hash);
+                (hash, s)
+            }));
             if window.is_empty() {
                 break;
             }
-            // The touches are loads issued early; nothing needs their values.
-            std::hint::black_box(touched);
-            for (id, s) in window.drain(..) {
+            for &(hash, _) in &window {
+                if let Some(slot) = self.index.first(hash) {
+                    self.keys.get(slot.key_at as usize).map(prefetch);
+                    self.series.get(slot.id as usize).map(prefetch);
+                }
+            }
+            ids.clear();
+            ids.extend(window.iter().map(|(hash, s)| {
+                match self.index.find(*hash, &self.keys, s.key_bytes) {
+                    Some(id) => {
+                        self.series[id as usize].prefetch_head();
+                        id
+                    }
+                    None => NEW_SERIES,
+                }
+            }));
+            for ((_, s), &id) in window.drain(..).zip(&ids) {
                 let id = match id {
                     NEW_SERIES => self.intern(s.key_bytes, || s.key()),
                     id => id,
@@ -246,11 +257,11 @@ fn intersect(a: &[u32], b: &[u32]) -> Vec<u32> {
 
 /// One slot of [`HashIndex`]: 16 bytes, four to a cache line.
 #[derive(Clone, Copy)]
-struct Slot {
+pub(crate) struct Slot {
     hash: u64,
     /// `NEW_SERIES` marks an empty slot.
-    id: u32,
-    key_at: u32,
+    pub id: u32,
+    pub key_at: u32,
 }
 
 const EMPTY: Slot = Slot {
@@ -290,6 +301,27 @@ impl HashIndex {
             }
             i = (i + 1) & mask;
         }
+    }
+
+    /// Starts loading the first slot of `hash`'s probe.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self
+            .slots
+            .get(hash as usize & self.slots.len().wrapping_sub(1))
+        {
+            prefetch(slot);
+        }
+    }
+
+    /// The first slot of `hash`'s probe, when it holds that hash: where
+    /// `find` will most likely end, for loading ahead of it.
+    #[inline]
+    pub fn first(&self, hash: u64) -> Option<Slot> {
+        let slot = *self
+            .slots
+            .get(hash as usize & self.slots.len().wrapping_sub(1))?;
+        (slot.hash == hash && slot.id != NEW_SERIES).then_some(slot)
     }
 
     /// Adds a key that `find` did not find.

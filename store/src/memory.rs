@@ -114,9 +114,14 @@ impl Memory {
                 break;
             }
             for &(hash, _) in &window {
-                if let Some(slot) = self.index.first(hash) {
-                    self.keys.get(slot.key_at as usize).map(prefetch);
-                    self.series.get(slot.id as usize).map(prefetch);
+                let Some(slot) = self.index.first(hash) else {
+                    continue;
+                };
+                if let Some(key) = self.keys.get(slot.key_at as usize) {
+                    prefetch(key);
+                }
+                if let Some(series) = self.series.get(slot.id as usize) {
+                    prefetch(series);
                 }
             }
             ids.clear();

@@ -142,11 +142,16 @@ impl BatchBuilder {
     /// Adds a sample of the key just encoded at `keys[at..]`, which stays
     /// in the arena only if it is new to the batch.
     fn push_key_at(&mut self, at: usize, ts: i64, value: f64) -> Result<()> {
+        self.push_hashed_at(at, None, ts, value)
+    }
+
+    /// [`Self::push_key_at`] with the key's hash, when the caller has it.
+    fn push_hashed_at(&mut self, at: usize, hash: Option<u64>, ts: i64, value: f64) -> Result<()> {
         if self.samples.len() >= SAMPLES_MAX {
             self.keys.truncate(at);
             return Err(Error::BatchFull);
         }
-        let id = match self.find(at) {
+        let id = match self.find(at, hash) {
             Ok(id) => {
                 self.keys.truncate(at);
                 id
@@ -165,18 +170,20 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// The series of the key at `keys[at..]`, if the batch has it; else the
-    /// key's hash, for [`Self::new_series`].
-    fn find(&self, at: usize) -> Result<u32, u64> {
+    /// The series of the key at `keys[at..]` (whose hash the caller may
+    /// know), if the batch has it; else the key's hash, for
+    /// [`Self::new_series`].
+    fn find(&self, at: usize, hash: Option<u64>) -> Result<u32, u64> {
         let (arena, key) = (&self.keys[..at], &self.keys[at..]);
         if let Some(last) = self.last {
             let s = self.series[last as usize];
             let known = arena.get(s.key_at as usize..).unwrap_or_default();
-            if s.key_len as usize == key.len() && known.starts_with(key) {
+            let may_be = hash.is_none_or(|h| self.hashes[last as usize] == h);
+            if may_be && s.key_len as usize == key.len() && known.starts_with(key) {
                 return Ok(last);
             }
         }
-        let hash = xxh3_64(key);
+        let hash = hash.unwrap_or_else(|| xxh3_64(key));
         self.index.find(hash, arena, key).ok_or(hash)
     }
 
@@ -279,62 +286,50 @@ impl BatchBuilder {
     }
 }
 
-/// One batch per partition, encoded as samples are pushed: how a Graphite
+/// One batch builder per partition, fed a sample at a time: how a Graphite
 /// connection groups what it reads.
 ///
-/// Unlike [`BatchBuilder`], this does not group samples by series: a key
-/// and its sample go straight into the partition's batch, and a series met
-/// again later in the same batch gets a second entry (the format allows it;
-/// later samples win). In a Graphite read a series appears once, so
-/// grouping only cost a hash-table lookup per line, in tables far bigger
-/// than the caches. Samples of one series pushed one after the other (a
-/// backfill) still share one entry.
+/// The builders' indexes together are far bigger than the caches, and a
+/// connection's samples hit them in no order, so finding a sample's series
+/// in its builder waited on memory every time. Here a sample's key is
+/// encoded and hashed as it is pushed and its index slot prefetched; the
+/// sample enters its builder when the next one is pushed (or at
+/// [`Self::finish`]), the time it takes to parse a line later.
 pub struct PartitionBuilders {
-    parts: Vec<Building>,
-    /// Samples pushed since the last finish.
+    builders: Vec<BatchBuilder>,
+    /// The sample pushed last, not in its builder yet.
+    pending: Option<Pending>,
+    /// A key buffer for the next push (the pending sample holds the other).
+    spare: Vec<u8>,
+    /// Samples pushed since the last finish, the pending one included.
     samples: usize,
+    /// Bytes of the keys pushed since the last finish: with `samples`, what
+    /// keeps every builder below its limits, so that a pending sample always
+    /// goes in.
+    key_bytes: usize,
 }
 
-/// One partition's batch being encoded.
-#[derive(Default)]
-struct Building {
-    /// Empty, or the header and the entries so far (the series count is
-    /// written at finish).
-    bytes: Vec<u8>,
-    /// The xxh3 hash of each entry's key, handed on with the batch so that
-    /// the partition's index does not hash the keys again.
-    hashes: Vec<u64>,
-    samples: usize,
-    /// The last entry, which the next sample joins if it has the same key.
-    last: Option<LastEntry>,
-    /// The size of the previous batch, to allocate the next one at once.
-    bytes_before: usize,
-}
-
-#[derive(Clone, Copy)]
-struct LastEntry {
-    key_at: usize,
-    /// Where its samples' record starts: `varint count, u32 bytes, samples`.
-    record_at: usize,
-    samples: u8,
-    timestamp: i64,
-}
-
-impl LastEntry {
-    /// Most samples in one entry: the count stays a one-byte varint.
-    const SAMPLES_MAX: u8 = 127;
+struct Pending {
+    partition: u32,
+    key: Vec<u8>,
+    hash: u64,
+    ts: i64,
+    value: f64,
 }
 
 impl PartitionBuilders {
     pub fn new(partitions: u32) -> PartitionBuilders {
         PartitionBuilders {
-            parts: (0..partitions).map(|_| Building::default()).collect(),
+            builders: (0..partitions).map(|_| BatchBuilder::new()).collect(),
+            pending: None,
+            spare: Vec::new(),
             samples: 0,
+            key_bytes: 0,
         }
     }
 
     pub fn partitions(&self) -> u32 {
-        self.parts.len() as u32
+        self.builders.len() as u32
     }
 
     /// Samples held, over all partitions.
@@ -357,71 +352,55 @@ impl PartitionBuilders {
         value: f64,
     ) -> Result<()> {
         check_parts(resource, metric, tags)?;
-        if self.samples >= SERIES_MAX {
+        let mut key = std::mem::take(&mut self.spare);
+        key.clear();
+        encode_parts(resource, metric, tags.iter().copied(), &mut key);
+        if self.samples >= SERIES_MAX || self.key_bytes + key.len() > u32::MAX as usize {
+            self.spare = key;
             return Err(Error::BatchFull);
         }
+        let hash = xxh3_64(&key);
+        self.builders[partition as usize].index.prefetch(hash);
         self.samples += 1;
-        let b = &mut self.parts[partition as usize];
-        b.samples += 1;
-        if b.bytes.is_empty() {
-            b.bytes.reserve(b.bytes_before.max(HEADER_BYTES));
-            b.bytes.extend_from_slice(&[MAGIC, VERSION, 0, 0, 0, 0]);
+        self.key_bytes += key.len();
+        let next = Pending {
+            partition,
+            key,
+            hash,
+            ts,
+            value,
+        };
+        if let Some(p) = self.pending.replace(next) {
+            self.spare = self.enter(p);
         }
-        let at = b.bytes.len();
-        encode_parts(resource, metric, tags.iter().copied(), &mut b.bytes);
-        let hash = xxh3_64(&b.bytes[at..]);
-        if let Some(last) = &mut b.last {
-            // The hash first: most keys differ from the last one.
-            let same = b.hashes.last() == Some(&hash)
-                && b.bytes[last.key_at..last.record_at] == b.bytes[at..];
-            if same && last.samples < LastEntry::SAMPLES_MAX {
-                b.bytes.truncate(at);
-                let mut sample = [0u8; 10 + 8];
-                let n = varint::write(&mut sample, zigzag(ts.wrapping_sub(last.timestamp)));
-                sample[n..n + 8].copy_from_slice(&value.to_bits().to_le_bytes());
-                b.bytes.extend_from_slice(&sample[..n + 8]);
-                last.samples += 1;
-                last.timestamp = ts;
-                let len_at = last.record_at + 1;
-                let len = (b.bytes.len() - len_at - 4) as u32;
-                b.bytes[last.record_at] = last.samples;
-                b.bytes[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
-                return Ok(());
-            }
-        }
-        b.hashes.push(hash);
-        let record_at = b.bytes.len();
-        put_one_sample(ts, value, &mut b.bytes);
-        b.last = Some(LastEntry {
-            key_at: at,
-            record_at,
-            samples: 1,
-            timestamp: ts,
-        });
         Ok(())
     }
 
+    /// Puts a pending sample into its builder; gives its key buffer back.
+    fn enter(&mut self, p: Pending) -> Vec<u8> {
+        let b = &mut self.builders[p.partition as usize];
+        let at = b.keys.len();
+        b.keys.extend_from_slice(&p.key);
+        // `push` keeps every builder at most SERIES_MAX samples (so below
+        // SAMPLES_MAX, and at most SERIES_MAX series) and 4 GiB of keys.
+        b.push_hashed_at(at, Some(p.hash), p.ts, p.value)
+            .expect("push keeps every builder below its limits");
+        p.key
+    }
+
     /// The batches of every partition that has samples, in partition order,
-    /// leaving every partition empty.
+    /// leaving the builders empty.
     pub fn finish(&mut self) -> Vec<(u32, Batch)> {
+        if let Some(p) = self.pending.take() {
+            self.spare = self.enter(p);
+        }
         self.samples = 0;
-        let parts = self.parts.iter_mut().enumerate();
-        parts
-            .filter(|(_, b)| !b.bytes.is_empty())
-            .map(|(p, b)| {
-                let series_count = b.hashes.len() as u32;
-                b.bytes[2..HEADER_BYTES].copy_from_slice(&series_count.to_le_bytes());
-                b.bytes_before = b.bytes.len();
-                b.last = None;
-                let batch = Batch {
-                    bytes: std::mem::take(&mut b.bytes),
-                    series_count,
-                    sample_count: std::mem::take(&mut b.samples),
-                    key_hashes: std::mem::take(&mut b.hashes),
-                };
-                debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
-                (p as u32, batch)
-            })
+        self.key_bytes = 0;
+        self.builders
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(p, b)| (p as u32, b.finish()))
             .collect()
     }
 }
@@ -794,50 +773,21 @@ mod tests {
         assert!(matches!(decode(&version), Err(Error::BatchVersion(9))));
     }
 
-    /// Per partition, its batch's entries in order: key bytes, the hash
-    /// that came with them, and the samples as (timestamp, value bits).
-    type Entries = Vec<(Vec<u8>, Option<u64>, Vec<(i64, u64)>)>;
+    /// What `PartitionBuilders` holds, read back per partition.
+    type Grouped = Vec<(u32, Vec<(Vec<u8>, Option<u64>, Vec<(i64, u64)>)>)>;
 
-    /// Samples as pushed: (key bytes, timestamp, value bits).
-    type Pushed = Vec<(Vec<u8>, i64, u64)>;
-
-    fn read(batches: &[(u32, Batch)]) -> Vec<(u32, Entries)> {
+    fn read(batches: &[(u32, Batch)]) -> Grouped {
         batches
             .iter()
             .map(|(p, b)| {
-                let view = decode(b.bytes()).expect("a built batch decodes");
-                assert_eq!(view.series_count(), b.view().series_count());
-                assert_eq!(view.sample_count(), b.view().sample_count());
-                let entries = b.view().series().map(|s| {
+                let series = b.view().series();
+                let read = series.map(|s| {
                     let samples = s.samples.map(|(t, v)| (t, v.to_bits()));
                     (s.key_bytes.to_vec(), s.key_hash, samples.collect())
                 });
-                (*p, entries.collect())
+                (*p, read.collect())
             })
             .collect()
-    }
-
-    #[test]
-    fn partition_builders_share_an_entry_between_consecutive_samples_of_a_series() {
-        let mut b = PartitionBuilders::new(1);
-        for ts in 0..300 {
-            b.push(0, "vm1", "cpu", &[], ts * 10 - 1000, ts as f64)
-                .unwrap();
-        }
-        b.push(0, "vm2", "cpu", &[], 5, 0.5).unwrap();
-        b.push(0, "vm1", "cpu", &[], 7, 0.7).unwrap();
-        let got = read(&b.finish());
-        let entries = &got[0].1;
-        let sizes: Vec<usize> = entries.iter().map(|e| e.2.len()).collect();
-        assert_eq!(sizes, [127, 127, 46, 1, 1]);
-        let keys: Vec<&[u8]> = entries.iter().map(|e| &e.0[..]).collect();
-        assert!(keys[0] == keys[1] && keys[1] == keys[2] && keys[2] == keys[4]);
-        assert_ne!(keys[3], keys[0]);
-        let first: Vec<(i64, u64)> = (0..127)
-            .map(|t| (t * 10 - 1000, (t as f64).to_bits()))
-            .collect();
-        assert_eq!(entries[0].2, first);
-        assert_eq!(entries[3].2, vec![(5, 0.5f64.to_bits())]);
     }
 
     #[test]
@@ -902,11 +852,10 @@ mod tests {
             }
         }
 
-        /// Partition builders keep every sample, in push order, in its
-        /// partition's batch, one entry per run of one series, each with
-        /// its key's hash; round after round.
+        /// Partition builders give what one batch builder per partition
+        /// gives, round after round.
         #[test]
-        fn partition_builders_keep_every_sample_in_push_order(
+        fn partition_builders_batch_as_one_builder_per_partition(
             rounds in proptest::collection::vec(
                 proptest::collection::vec((0u32..4, 0usize..6, any::<i64>(), any::<f64>()), 0..40),
                 1..3,
@@ -916,34 +865,19 @@ mod tests {
             let tags: [&[(&str, &str)]; 2] = [&[], &[("dc", "eu")]];
             let mut all = PartitionBuilders::new(4);
             for round in rounds {
-                // Per partition: (key, timestamp, value bits) in push order,
-                // and the number of runs of one key.
-                let mut want: Vec<(Pushed, usize)> = vec![Default::default(); 4];
+                let mut each: Vec<BatchBuilder> = (0..4).map(|_| BatchBuilder::new()).collect();
                 for (p, k, ts, v) in round {
                     let (r, t) = (names[k % 3], tags[k / 3]);
                     all.push(p, r, "cpu", t, ts, v).unwrap();
-                    let key = SeriesKey::new(r, "cpu", t).unwrap();
-                    let mut bytes = Vec::new();
-                    key.encode_into(&mut bytes);
-                    let (samples, runs) = &mut want[p as usize];
-                    if samples.last().is_none_or(|s| s.0 != bytes) {
-                        *runs += 1;
-                    }
-                    samples.push((bytes, ts, v.to_bits()));
+                    each[p as usize].push(r, "cpu", t, ts, v).unwrap();
                 }
-                let got = read(&all.finish());
-                let want: Vec<(u32, _)> = (0..4u32).zip(want).filter(|w| w.1.1 > 0).collect();
-                prop_assert_eq!(got.len(), want.len());
-                for ((p, entries), (wp, (samples, runs))) in got.iter().zip(want) {
-                    prop_assert_eq!(*p, wp);
-                    prop_assert_eq!(entries.len(), runs);
-                    let mut flat = Vec::new();
-                    for (key, hash, s) in entries {
-                        prop_assert_eq!(*hash, Some(xxh3_64(key)));
-                        flat.extend(s.iter().map(|&(t, v)| (key.clone(), t, v)));
-                    }
-                    prop_assert_eq!(flat, samples);
-                }
+                let want: Vec<(u32, Batch)> = each
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, b)| !b.is_empty())
+                    .map(|(p, b)| (p as u32, b.finish()))
+                    .collect();
+                prop_assert_eq!(read(&all.finish()), read(&want));
             }
         }
 

@@ -77,10 +77,7 @@ async fn connection(mut socket: TcpStream, node: Arc<Node>) {
         node.metrics.add_unterminated_line();
         match std::str::from_utf8(&rest) {
             Ok(line) => groups.add(&node, line, now_ms()),
-            Err(_) => {
-                groups.lines += 1;
-                node.metrics.add_bad_line(LineError::NotUtf8, &rest);
-            }
+            Err(_) => groups.not_utf8(&node, &rest),
         }
         groups.flush(&node).await;
     }
@@ -91,10 +88,7 @@ fn feed(splitter: &mut LineSplitter, groups: &mut Groups, node: &Node, bytes: &[
     let max = node.graphite.line_bytes_max;
     splitter.feed(bytes, max, |piece| match piece {
         Piece::Line(line) => groups.add(node, line, now_ms),
-        Piece::NotUtf8(line) => {
-            groups.lines += 1;
-            node.metrics.add_bad_line(LineError::NotUtf8, line);
-        }
+        Piece::NotUtf8(line) => groups.not_utf8(node, line),
         Piece::TooLong => {
             node.metrics.add_graphite_lines(1);
             node.metrics
@@ -146,6 +140,12 @@ impl Groups {
             node.metrics
                 .add_bad_line(LineError::BadTag, line.as_bytes());
         }
+    }
+
+    /// Counts a whole line that is not UTF-8.
+    fn not_utf8(&mut self, node: &Node, line: &[u8]) {
+        self.lines += 1;
+        node.metrics.add_bad_line(LineError::NotUtf8, line);
     }
 
     async fn flush(&mut self, node: &Arc<Node>) {

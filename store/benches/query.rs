@@ -213,5 +213,95 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The compare bench's layout (benches/compare.rs): `resources` x 20
+/// metrics x `samples` samples at 10 s over 1 024 partitions, all sealed,
+/// with its three kinds of values (constant, a counter, a random walk of
+/// two decimals). Returns the store, its partitions and the last timestamp.
+fn compare_store(
+    resources: usize,
+    samples: i64,
+) -> (Store, Vec<Arc<Partition>>, i64, tempfile::TempDir) {
+    const METRICS: usize = 20;
+    const COMPARE_PARTITIONS: u32 = 1_024;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, _) = Store::open(StoreConfig::new(dir.path())).expect("open store");
+    let partitions: Vec<Arc<Partition>> = (0..COMPARE_PARTITIONS)
+        .map(|id| store.create_partition(PartitionId(id)).expect("create"))
+        .collect();
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut state: Vec<f64> = (0..resources * METRICS)
+        .map(|i| match i % 3 {
+            1 => 0.0,
+            _ => (i * 31 % 10_000) as f64 / 100.0,
+        })
+        .collect();
+    let names: Vec<String> = (0..METRICS).map(|m| format!("metric{m}")).collect();
+    let mut builders: Vec<BatchBuilder> = partitions.iter().map(|_| BatchBuilder::new()).collect();
+    for k in 0..samples {
+        for r in 0..resources {
+            let resource = format!("vm{r}");
+            let p = xxhash_rust::xxh3::xxh3_64(resource.as_bytes()) % u64::from(COMPARE_PARTITIONS);
+            for (m, name) in names.iter().enumerate() {
+                let v = &mut state[r * METRICS + m];
+                match (r * METRICS + m) % 3 {
+                    0 => {}
+                    1 => *v += (next() % 101) as f64,
+                    _ => *v = ((*v * 100.0).round() + (next() % 1001) as f64 - 500.0) / 100.0,
+                }
+                builders[p as usize]
+                    .push(&resource, name, &[], k * INTERVAL_MS, *v)
+                    .expect("valid key");
+            }
+        }
+        for (b, p) in builders.iter_mut().zip(&partitions) {
+            let mut bytes = Vec::new();
+            b.encode(&mut bytes);
+            b.clear();
+            p.append(Term(1), &bytes).expect("append");
+        }
+    }
+    for p in &partitions {
+        p.seal().expect("seal");
+    }
+    assert_eq!(store.memory_stats().head_samples, 0, "all sealed");
+    (store, partitions, (samples - 1) * INTERVAL_MS, dir)
+}
+
+/// The compare bench's "one metric summed over all resources" as a node
+/// answers it, over the compare's layout.
+fn bench_compare_layout(c: &mut Criterion) {
+    let opts = QueryOptions::default();
+    let (_store, partitions, end, _dir) = compare_store(10_000, 100);
+    let q = "sum(metric0)";
+    let folded_range = || {
+        let plan = FoldPlan::new(q, 0, 0, end, INTERVAL_MS, &opts).unwrap();
+        let folded = fold_partitions(&plan, &partitions);
+        store::query::range_query_folded(
+            &VecSource::default(),
+            q,
+            0,
+            end,
+            INTERVAL_MS,
+            &opts,
+            folded,
+        )
+        .unwrap()
+    };
+    match folded_range() {
+        Value::Matrix(m) => assert_eq!(m[0].samples.len(), 100, "a point per step"),
+        other => panic!("{other:?}"),
+    }
+    c.bench_function(
+        "store: sum(metric0) range, 10k of 200k series x 100 steps, sealed, 1024 partitions",
+        |b| b.iter(folded_range),
+    );
+}
+
+criterion_group!(benches, bench, bench_compare_layout);
 criterion_main!(benches);

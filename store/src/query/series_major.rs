@@ -101,7 +101,7 @@ impl<'a> Inner<'a> {
         let samples = &s.samples;
         match self {
             Inner::Selector(vs) => {
-                selector_steps(vs, ctx, samples, (start_ms, step_ms, points), add)
+                SelectorSteps::new(vs, ctx, (start_ms, step_ms, points)).each(samples, add)
             }
             Inner::Range { f, ms, q } => {
                 let range_ms = duration_ms(&ms.range);
@@ -141,23 +141,45 @@ fn after(samples: &[(i64, f64)], mut i: usize, at: i64) -> usize {
     i
 }
 
-/// [`Inner::each_step`] of an instant selector: the sample each step's
-/// lookback finds.
-fn selector_steps(
-    vs: &VectorSelector,
-    ctx: &Ctx,
-    samples: &[(i64, f64)],
-    (start_ms, step_ms, points): (i64, i64, usize),
-    mut add: impl FnMut(usize, f64),
-) {
-    let mut i = 0;
-    for k in 0..points {
-        let t = start_ms + k as i64 * step_ms;
-        let at = reference_ms(vs, t, ctx.start_ms, ctx.end_ms);
-        i = after(samples, i, at);
-        if let Some(&(ts, v)) = i.checked_sub(1).map(|j| &samples[j]) {
-            if ts > at.saturating_sub(ctx.lookback_ms()) {
+/// Where each step of an instant selector looks for its sample: the
+/// step's reference time (its `@` and `offset` applied) and the time its
+/// lookback ends before, computed once for every series.
+struct SelectorSteps(Vec<(i64, i64)>);
+
+impl SelectorSteps {
+    fn new(vs: &VectorSelector, ctx: &Ctx, (start_ms, step_ms, points): (i64, i64, usize)) -> Self {
+        SelectorSteps(
+            (0..points)
+                .map(|k| {
+                    let t = start_ms + k as i64 * step_ms;
+                    let at = reference_ms(vs, t, ctx.start_ms, ctx.end_ms);
+                    (at, at.saturating_sub(ctx.lookback_ms()))
+                })
+                .collect(),
+        )
+    }
+
+    /// [`Inner::each_step`] of the selector: the sample each step's
+    /// lookback finds. Reference times never decrease, so one cursor walks
+    /// the samples once; steps before the first sample are skipped, and the
+    /// walk stops once the last sample is out of every later lookback.
+    #[inline]
+    fn each(&self, samples: &[(i64, f64)], mut add: impl FnMut(usize, f64)) {
+        let Some(&(first, _)) = samples.first() else {
+            return;
+        };
+        let from = self.0.partition_point(|&(at, _)| at < first);
+        let mut i = 0;
+        for (k, &(at, floor)) in self.0.iter().enumerate().skip(from) {
+            while i < samples.len() && samples[i].0 <= at {
+                i += 1;
+            }
+            // i >= 1: `at` is at or after the first sample.
+            let (ts, v) = samples[i - 1];
+            if ts > floor {
                 add(k, v);
+            } else if i == samples.len() {
+                break;
             }
         }
     }
@@ -325,7 +347,11 @@ impl<'a> Fold<'a> {
         add: impl Fn(&mut Acc, f64),
     ) -> Streamed {
         let (opts, (start_ms, end_ms)) = (read.opts, read.range);
-        let steps = (partial.start_ms, partial.step_ms, partial.points);
+        let steps = SelectorSteps::new(
+            vs,
+            read.ctx,
+            (partial.start_ms, partial.step_ms, partial.points),
+        );
         let (mut series, mut samples) = (0usize, 0usize);
         let mut outcome = Streamed::Folded;
         // The one group of an aggregation without `by`/`without`, made
@@ -357,7 +383,7 @@ impl<'a> Fold<'a> {
                     };
                     let points = partial.points;
                     let row = &mut partial.acc[g * points..(g + 1) * points];
-                    selector_steps(vs, read.ctx, s, steps, |k, v| add(&mut row[k], v));
+                    steps.each(s, |k, v| add(&mut row[k], v));
                 });
         if finished {
             outcome
@@ -718,6 +744,24 @@ mod tests {
             run("sum(count_over_time(m[10s]))", 0, 30_000),
             vec![(0, 1.0), (10_000, 1.0)]
         );
+    }
+
+    /// A series that stops for longer than the lookback and starts again
+    /// has no value in between, and values again after.
+    #[test]
+    fn a_gap_longer_than_the_lookback_ends_and_resumes_the_series() {
+        let source = VecSource::new(vec![SeriesData {
+            labels: Labels::new(vec![("__name__".into(), "m".into())]),
+            samples: vec![(0, 1.0), (400_000, 2.0)],
+        }]);
+        let o = QueryOptions::default();
+        let got = match crate::query::range_query(&source, "sum(m)", 0, 500_000, 50_000, &o) {
+            Ok(crate::query::Value::Matrix(m)) => m[0].samples.clone(),
+            other => panic!("{other:?}"),
+        };
+        let mut want: Vec<(i64, f64)> = (0..6).map(|k| (k * 50_000, 1.0)).collect();
+        want.extend([(400_000, 2.0), (450_000, 2.0), (500_000, 2.0)]);
+        assert_eq!(got, want);
     }
 
     /// Which queries take this path; that its answers are the generic

@@ -1022,7 +1022,11 @@ mod prop {
             (
                 0..3usize,
                 0..2usize,
-                proptest::collection::vec((1i64..40, -5i32..20), 0..12),
+                // Now and then a gap about as long as the 5 min lookback.
+                proptest::collection::vec(
+                    (prop_oneof![9 => 1i64..40, 1 => 280i64..330], -5i32..20),
+                    0..12,
+                ),
                 0..2usize,
             ),
             1..6,

@@ -372,7 +372,11 @@ impl ValueState {
     }
 
     fn decimal_value(&self) -> f64 {
-        self.scaled as f64 / POW10[usize::from(self.scale)]
+        // An integer (a counter) needs no division.
+        match self.scale {
+            0 => self.scaled as f64,
+            scale => self.scaled as f64 / POW10[usize::from(scale)],
+        }
     }
 }
 
@@ -903,9 +907,30 @@ fn max_samples(body_bits: u64) -> u64 {
 /// keeps the samples decoded before it.
 pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
     let mut iter = decode(bytes)?;
-    out.reserve(iter.count as usize);
-    while iter.index < iter.count {
-        out.push(iter.next_sample()?);
+    let from = out.len();
+    // Slots written in place: no capacity check per sample.
+    out.resize(from + iter.count as usize, (0, 0.0));
+    let slots = &mut out[from..];
+    let mut i = 0;
+    while i < slots.len() {
+        if iter.run_left > 0 {
+            let n = iter.repeat_into(&mut slots[i..]);
+            if n > 0 {
+                i += n;
+                continue;
+            }
+        }
+        slots[i] = match iter.next_common() {
+            Some(sample) => sample,
+            None => match iter.next_any() {
+                Ok(sample) => sample,
+                Err(e) => {
+                    out.truncate(from + i);
+                    return Err(e);
+                }
+            },
+        };
+        i += 1;
     }
     Ok(())
 }
@@ -1024,6 +1049,29 @@ impl ChunkIter<'_> {
         }
         self.index += 1;
         Ok((ts, value))
+    }
+
+    /// The samples of the current run into `out`, as many as fit, but
+    /// the chunk's last (whose padding [`Self::next_any`] checks): a
+    /// constant series is mostly runs. Returns how many.
+    fn repeat_into(&mut self, out: &mut [(i64, f64)]) -> usize {
+        let last = self.count - 1 - self.index;
+        let n = self.run_left.min(last).min(out.len() as u32);
+        if n == 0 {
+            return 0;
+        }
+        // The run's first sample (repeat_sample) left the value state as
+        // a repeat leaves it.
+        let value = f64::from_bits(self.value.prev_bits);
+        let mut ts = self.last_ts;
+        for slot in &mut out[..n as usize] {
+            ts = ts.wrapping_add(self.ts_delta);
+            *slot = (ts, value);
+        }
+        self.last_ts = ts;
+        self.run_left -= n;
+        self.index += n;
+        n as usize
     }
 
     /// One sample of a run: the same interval and the same value again.

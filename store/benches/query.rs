@@ -1,8 +1,9 @@
 //! Benchmarks of the PromQL engine: one long raw series, and an aggregation over 10 k series, over the real store (sealed chunk files plus head chunks, read through `Store::source`) and over a `VecSource` for comparison.
 //!
 //! Run: `cargo bench -p store --bench query -- --warm-up-time 1 --measurement-time 3`.
+//! Instruction counts of the compare's one-metric sum: see [`profile`].
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::Criterion;
 use std::sync::Arc;
 use store::batch::BatchBuilder;
 use store::query::{
@@ -216,15 +217,23 @@ fn bench(c: &mut Criterion) {
 /// The compare bench's layout (benches/compare.rs): `resources` x 20
 /// metrics x `samples` samples at 10 s over 1 024 partitions, all sealed,
 /// with its three kinds of values (constant, a counter, a random walk of
-/// two decimals). Returns the store, its partitions and the last timestamp.
+/// two decimals), in a store at `dir`: opened if it is there, else built.
+/// Returns the store, its partitions and the last timestamp.
 fn compare_store(
+    dir: &std::path::Path,
     resources: usize,
     samples: i64,
-) -> (Store, Vec<Arc<Partition>>, i64, tempfile::TempDir) {
+) -> (Store, Vec<Arc<Partition>>, i64) {
     const METRICS: usize = 20;
     const COMPARE_PARTITIONS: u32 = 1_024;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (store, _) = Store::open(StoreConfig::new(dir.path())).expect("open store");
+    let end = (samples - 1) * INTERVAL_MS;
+    let (store, _) = Store::open(StoreConfig::new(dir)).expect("open store");
+    if store.partition_ids().len() == COMPARE_PARTITIONS as usize {
+        let partitions = (0..COMPARE_PARTITIONS)
+            .map(|id| store.partition(PartitionId(id)).expect("opened"))
+            .collect();
+        return (store, partitions, end);
+    }
     let partitions: Vec<Arc<Partition>> = (0..COMPARE_PARTITIONS)
         .map(|id| store.create_partition(PartitionId(id)).expect("create"))
         .collect();
@@ -270,38 +279,92 @@ fn compare_store(
         p.seal().expect("seal");
     }
     assert_eq!(store.memory_stats().head_samples, 0, "all sealed");
-    (store, partitions, (samples - 1) * INTERVAL_MS, dir)
+    (store, partitions, end)
 }
 
 /// The compare bench's "one metric summed over all resources" as a node
-/// answers it, over the compare's layout.
-fn bench_compare_layout(c: &mut Criterion) {
-    let opts = QueryOptions::default();
-    let (_store, partitions, end, _dir) = compare_store(10_000, 100);
-    let q = "sum(metric0)";
-    let folded_range = || {
-        let plan = FoldPlan::new(q, 0, 0, end, INTERVAL_MS, &opts).unwrap();
-        let folded = fold_partitions(&plan, &partitions);
-        store::query::range_query_folded(
-            &VecSource::default(),
-            q,
-            0,
-            end,
-            INTERVAL_MS,
-            &opts,
-            folded,
-        )
+/// answers it.
+fn one_metric_sum(partitions: &[Arc<Partition>], end: i64) -> Value {
+    let (q, opts) = ("sum(metric0)", QueryOptions::default());
+    let plan = FoldPlan::new(q, 0, 0, end, INTERVAL_MS, &opts).unwrap();
+    let folded = fold_partitions(&plan, partitions);
+    store::query::range_query_folded(&VecSource::default(), q, 0, end, INTERVAL_MS, &opts, folded)
         .unwrap()
-    };
-    match folded_range() {
+}
+
+/// [`one_metric_sum`] over the compare's layout (10 k resources x 20
+/// metrics x 100 samples).
+fn bench_compare_layout(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_store, partitions, end) = compare_store(dir.path(), 10_000, 100);
+    match one_metric_sum(&partitions, end) {
         Value::Matrix(m) => assert_eq!(m[0].samples.len(), 100, "a point per step"),
         other => panic!("{other:?}"),
     }
     c.bench_function(
         "store: sum(metric0) range, 10k of 200k series x 100 steps, sealed, 1024 partitions",
-        |b| b.iter(folded_range),
+        |b| b.iter(|| one_metric_sum(&partitions, end)),
     );
 }
 
-criterion_group!(benches, bench, bench_compare_layout);
-criterion_main!(benches);
+#[inline(never)]
+fn measured_one_metric_sum(partitions: &[Arc<Partition>], end: i64) -> Value {
+    one_metric_sum(partitions, end)
+}
+
+/// Instruction counts of [`one_metric_sum`] (repeatable on a busy
+/// machine): `QUERY_PROFILE=<dir>` keeps the compare layout's store in
+/// `<dir>` (built on the first run, about 20 s), runs
+/// `QUERY_PROFILE_WARMUP` (3) queries and then `QUERY_PROFILE_ROUNDS` (10)
+/// through `measured_one_metric_sum`, all on this one thread, prints the
+/// process CPU time per measured query and exits. Run it under
+/// `valgrind --tool=callgrind --toggle-collect='*measured_*'` for counts.
+fn profile(dir: &str) {
+    let var = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(default)
+    };
+    let (_store, partitions, end) = compare_store(std::path::Path::new(dir), 10_000, 100);
+    // One worker, this thread: callgrind collects the measured function on
+    // the thread that calls it.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build()
+        .expect("rayon pool");
+    // Nanoseconds this thread has run on a CPU (time waiting for a core
+    // on a busy machine is not counted).
+    let cpu = || -> u64 {
+        std::fs::read_to_string("/proc/thread-self/schedstat")
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    pool.install(|| {
+        for _ in 0..var("QUERY_PROFILE_WARMUP", 3) {
+            one_metric_sum(&partitions, end);
+        }
+        let rounds = var("QUERY_PROFILE_ROUNDS", 10);
+        let before = cpu();
+        for _ in 0..rounds {
+            criterion::black_box(measured_one_metric_sum(&partitions, end));
+        }
+        let ns = cpu() - before;
+        eprintln!(
+            "one-metric sum: {rounds} measured queries, {:.2} ms of thread CPU each",
+            ns as f64 / 1e6 / rounds as f64
+        );
+    });
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("QUERY_PROFILE") {
+        return profile(&dir);
+    }
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    bench_compare_layout(&mut c);
+    c.final_summary();
+}

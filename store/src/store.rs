@@ -316,7 +316,7 @@ impl Source for Partition {
         }
         let (ids, generation) = self.matching(matchers);
         self.read_slices(&ids, generation, start_ms, end_ms, |key, runs| {
-            f(&|| key.labels(), runs.finish())
+            f(&|| parse_key(key).labels(), runs.finish())
         })
     }
 }
@@ -354,9 +354,9 @@ impl Partition {
         out: &mut Vec<SeriesData>,
     ) {
         let first = out.len();
-        let push = |out: &mut Vec<SeriesData>, key: KeyRef<'_>, runs: &mut Runs| {
+        let push = |out: &mut Vec<SeriesData>, key: &[u8], runs: &mut Runs| {
             out.push(SeriesData {
-                labels: key.labels(),
+                labels: parse_key(key).labels(),
                 samples: runs.take(),
             })
         };
@@ -383,7 +383,7 @@ impl Partition {
         generation: u64,
         start_ms: i64,
         end_ms: i64,
-        mut f: impl FnMut(KeyRef<'_>, &mut Runs),
+        mut f: impl FnMut(&[u8], &mut Runs),
     ) -> bool {
         let mut runs = Runs::default();
         for slice in ids.chunks(SELECT_SERIES_PER_LOCK) {
@@ -401,23 +401,27 @@ impl Partition {
 const SELECT_SERIES_PER_LOCK: usize = 256;
 
 /// Reads each of `ids` into `runs` and calls `f` with its key for those
-/// with samples in the range.
+/// with samples in the range. The key is the index's, validated when the
+/// series was created: parsed only by those who need its labels (a sum
+/// over every series never does), with [`parse_key`].
 fn read_ids(
     state: &State,
     ids: &[u32],
     start_ms: i64,
     end_ms: i64,
     runs: &mut Runs,
-    mut f: impl FnMut(KeyRef<'_>, &mut Runs),
+    mut f: impl FnMut(&[u8], &mut Runs),
 ) {
     for &id in ids {
         state.read_series(id, start_ms, end_ms, runs);
         if runs.finish().is_empty() {
             continue;
         }
-        let Ok(key) = KeyRef::parse(state.mem.key(&state.mem.series[id as usize])) else {
-            continue;
-        };
-        f(key, runs);
+        f(state.mem.key(&state.mem.series[id as usize]), runs);
     }
+}
+
+/// A key of the index, which only keys that parse enter.
+fn parse_key(key: &[u8]) -> KeyRef<'_> {
+    KeyRef::parse(key).unwrap_or(KeyRef::EMPTY)
 }

@@ -509,6 +509,21 @@ impl ChunkFile {
             .map(|(_, e)| self.meta(e))
     }
 
+    /// What a reader of chunk `first` (as for [`Self::series_chunks`])
+    /// touches first: its index entry and the one after it. Only to ask
+    /// the CPU to load them ahead of the read (a prefetch).
+    pub fn entries_to_prefetch(&self, first: usize) -> Option<&[impl Sized]> {
+        self.entries.get(first..(first + 2).min(self.entries.len()))
+    }
+
+    /// The bytes of chunk `first`, not verified: only to ask the CPU to
+    /// load them ahead of [`Self::chunk_data`], never to decode.
+    pub fn bytes_to_prefetch(&self, first: usize) -> Option<&[u8]> {
+        let e = self.entries.get(first)?;
+        let start = usize::try_from(e.offset).ok()?;
+        self.map.bytes().get(start..)?.get(..e.len as usize)
+    }
+
     /// Chunks of `series_key` that overlap `start_ts..=end_ts`, by time.
     pub fn lookup<'a>(
         &'a self,
@@ -663,6 +678,27 @@ mod tests {
             })
             .collect();
         assert_eq!(got, expected, "{key} {start}..={end}");
+    }
+
+    /// What a reader is told to prefetch is what it then reads.
+    #[test]
+    fn what_to_prefetch_is_the_chunk_and_its_entries() {
+        let backend = MemBackend::new();
+        let file = build(
+            &backend,
+            "p.chunk",
+            &[("a", 0, 9), ("a", 10, 19), ("b", 0, 4)],
+        );
+        for (i, m) in file.chunks().enumerate() {
+            assert_eq!(
+                file.bytes_to_prefetch(i),
+                Some(file.chunk_data(&m).unwrap())
+            );
+        }
+        assert_eq!(file.entries_to_prefetch(0).map(<[_]>::len), Some(2));
+        assert_eq!(file.entries_to_prefetch(2).map(<[_]>::len), Some(1));
+        assert!(file.bytes_to_prefetch(3).is_none());
+        assert!(file.entries_to_prefetch(4).is_none());
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub(crate) struct SealedRef {
     pub max_ts: i64,
 }
 
+/// A series' sealed chunk references. Most series have one (one seal, or
+/// a few merged into one file); it is kept inline, so that a read finds
+/// it without following a pointer, and without a heap block of its own.
+pub(crate) type SealedRefs = smallvec::SmallVec<[SealedRef; 1]>;
+
 /// The write path's state of one series: two cache lines, aligned so that
 /// the CPU's adjacent-line prefetch brings both in together.
 #[repr(align(128))]

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::batch::BatchView;
-use crate::head::{Outcome, SealedRef, Series};
+use crate::head::{Outcome, SealedRef, SealedRefs, Series};
 use crate::prefetch::prefetch;
 use crate::series::KeyRef;
 use crate::source::{Matcher, METRIC_LABEL, RESOURCE_LABEL};
@@ -41,7 +41,7 @@ pub(crate) struct Memory {
     pub series: Vec<Series>,
     /// Where each series has sealed chunks, by series id (kept apart from
     /// `series` so the write path's per-series state stays two cache lines).
-    pub sealed: Vec<Vec<SealedRef>>,
+    pub sealed: Vec<SealedRefs>,
     /// The canonical keys of all series, back to back.
     keys: Vec<u8>,
     index: HashIndex,
@@ -70,7 +70,7 @@ impl Memory {
         self.keys.extend_from_slice(key_bytes);
         self.series
             .push(Series::new(key_at, key_bytes.len() as u32));
-        self.sealed.push(Vec::new());
+        self.sealed.push(SealedRefs::new());
         self.index.insert(hash, id, key_at);
         self.post(METRIC_LABEL, key.metric, id);
         self.post(RESOURCE_LABEL, key.resource, id);
@@ -208,8 +208,12 @@ impl Memory {
             .sealed
             .iter()
             .map(|r| {
-                std::mem::size_of::<Vec<SealedRef>>()
-                    + r.capacity() * std::mem::size_of::<SealedRef>()
+                std::mem::size_of::<SealedRefs>()
+                    + if r.spilled() {
+                        r.capacity() * std::mem::size_of::<SealedRef>()
+                    } else {
+                        0
+                    }
             })
             .sum();
         let postings: usize = self

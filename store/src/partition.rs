@@ -40,6 +40,7 @@ use crate::batch::{self, BatchBuilder, BatchView};
 use crate::error::{Error, Result};
 use crate::head::{parts_bytes, parts_len, read_parts, Runs, SealedRef};
 use crate::memory::{Memory, WriteCounts};
+use crate::prefetch::prefetch;
 use crate::series::KeyRef;
 use crate::PartitionId;
 
@@ -615,10 +616,9 @@ impl State {
                     r.max_ts = r.max_ts.max(meta.max_ts);
                 }
                 _ => {
-                    // Most series have one or a few refs: a first push would
-                    // reserve four (96 bytes), which after one seal of a
-                    // partition of small series was a third of its index.
-                    // Growing by a quarter keeps pushes amortized.
+                    // The first ref is inline; past it, most series have a
+                    // few, and doubling would hold as many unused. Growing
+                    // by a quarter keeps pushes amortized.
                     if sealed.len() == sealed.capacity() {
                         sealed.reserve_exact(sealed.len() / 4 + 1);
                     }
@@ -638,6 +638,40 @@ impl State {
         }
         self.files.push(file);
         Ok(())
+    }
+
+    /// Asks the CPU for what [`Self::read_series`] of `id` reads first,
+    /// one of three steps that each need what the one before loaded: 0,
+    /// its sealed refs and state; 1, the index entries of its first
+    /// sealed chunk; 2, that chunk's first bytes. A read over many series
+    /// runs the steps a series or two ahead ([`crate::store`]'s
+    /// `read_ids`): their memory waits overlap the reads in between.
+    pub fn prefetch_series(&self, id: u32, step: u8) {
+        let id = id as usize;
+        let first = || {
+            let r = self.mem.sealed.get(id)?.first()?;
+            Some((self.files.get(r.file as usize)?, r.first as usize))
+        };
+        match step {
+            0 => {
+                if let (Some(refs), Some(series)) =
+                    (self.mem.sealed.get(id), self.mem.series.get(id))
+                {
+                    prefetch(refs);
+                    prefetch(series);
+                }
+            }
+            1 => {
+                if let Some(entries) = first().and_then(|(f, i)| f.entries_to_prefetch(i)) {
+                    entries.iter().for_each(prefetch);
+                }
+            }
+            _ => {
+                if let Some(bytes) = first().and_then(|(f, i)| f.bytes_to_prefetch(i)) {
+                    bytes.iter().step_by(64).for_each(prefetch);
+                }
+            }
+        }
     }
 
     /// Reads one series' samples in `start..=end` into `runs` (call

@@ -412,7 +412,20 @@ fn read_ids(
     runs: &mut Runs,
     mut f: impl FnMut(&[u8], &mut Runs),
 ) {
-    for &id in ids {
+    // Series j is read while the next ones are prefetched, one step each
+    // (State::prefetch_series): a series takes microseconds to read, far
+    // longer than a load from memory.
+    const STEPS: u8 = 3;
+    let at = |j: usize, back: u8| j.checked_sub(back.into()).and_then(|i| ids.get(i).copied());
+    for j in 0..ids.len() + usize::from(STEPS) {
+        for step in 0..STEPS {
+            if let Some(ahead) = at(j, step) {
+                state.prefetch_series(ahead, step);
+            }
+        }
+        let Some(id) = at(j, STEPS) else {
+            continue;
+        };
         state.read_series(id, start_ms, end_ms, runs);
         if runs.finish().is_empty() {
             continue;

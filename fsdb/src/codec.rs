@@ -172,6 +172,16 @@ impl<'a> BitReader<'a> {
         let byte = (self.pos / 8) as usize;
         let word = match self.data.get(byte..byte + 8) {
             Some(b) => u64::from_be_bytes(b.try_into().expect("8 bytes")),
+            // Near the end: the last 8 bytes, shifted past those before
+            // `byte` (a chunk's last few samples all come here; a copy of
+            // a varying length was a call and a mispredicted branch each).
+            None if self.data.len() >= 8 => {
+                let last = &self.data[self.data.len() - 8..];
+                let before = byte - (self.data.len() - 8);
+                u64::from_be_bytes(last.try_into().expect("8 bytes"))
+                    .checked_shl(u32::try_from(before * 8).unwrap_or(u32::MAX))
+                    .unwrap_or(0)
+            }
             None => {
                 let mut w = [0u8; 8];
                 let tail = self.data.get(byte..).unwrap_or_default();

@@ -930,6 +930,11 @@ pub fn decode_into(bytes: &[u8], out: &mut Vec<(i64, f64)>) -> Result<()> {
                 continue;
             }
         }
+        let n = iter.common_into(&mut slots[i..]);
+        if n > 0 {
+            i += n;
+            continue;
+        }
         slots[i] = match iter.next_common() {
             Some(sample) => sample,
             None => match iter.next_any() {
@@ -1059,6 +1064,60 @@ impl ChunkIter<'_> {
         }
         self.index += 1;
         Ok((ts, value))
+    }
+
+    /// [`Self::next_common`]'s decimal samples in a row into `out`, as
+    /// many as come and fit, but the chunk's last: the state in locals
+    /// and the packing read once. Returns how many.
+    fn common_into(&mut self, out: &mut [(i64, f64)]) -> usize {
+        let s = &self.value;
+        if self.index == 0 || self.run_left > 0 || s.float_mode || s.packing.width > 56 {
+            return 0;
+        }
+        let limit = ((self.count - 1).saturating_sub(self.index) as usize).min(out.len());
+        let Packing { dod, signed, width } = s.packing;
+        let (integer, pow) = (s.scale == 0, POW10[usize::from(s.scale)]);
+        let (data, mut pos) = (self.reader.data, self.reader.pos);
+        let (mut ts, step) = (self.last_ts, self.ts_delta);
+        let (mut scaled, mut delta) = (s.scaled, s.scaled_delta);
+        let mut n = 0;
+        for slot in &mut out[..limit] {
+            let byte = (pos / 8) as usize;
+            let Some(bytes) = data.get(byte..byte + 8) else {
+                break;
+            };
+            let word = u64::from_be_bytes(bytes.try_into().expect("8 bytes")) << (pos % 8);
+            if word >> 63 != 0 {
+                break;
+            }
+            // The code bit is 0, so the top 1 + width bits are the payload.
+            let payload = word >> (63 - u32::from(width));
+            pos += 1 + u64::from(width);
+            let x = if signed {
+                unzigzag(payload)
+            } else {
+                payload as i64
+            };
+            delta = if dod { delta.wrapping_add(x) } else { x };
+            scaled = scaled.wrapping_add(delta);
+            ts = ts.wrapping_add(step);
+            let value = if integer {
+                scaled as f64
+            } else {
+                scaled as f64 / pow
+            };
+            *slot = (ts, value);
+            n += 1;
+        }
+        if n > 0 {
+            self.reader.pos = pos;
+            self.last_ts = ts;
+            let s = &mut self.value;
+            (s.scaled, s.scaled_delta) = (scaled, delta);
+            s.prev_bits = out[n - 1].1.to_bits();
+            self.index += n as u32;
+        }
+        n
     }
 
     /// The samples of the current run into `out`, as many as fit, but

@@ -142,16 +142,11 @@ impl BatchBuilder {
     /// Adds a sample of the key just encoded at `keys[at..]`, which stays
     /// in the arena only if it is new to the batch.
     fn push_key_at(&mut self, at: usize, ts: i64, value: f64) -> Result<()> {
-        self.push_hashed_at(at, None, ts, value)
-    }
-
-    /// [`Self::push_key_at`] with the key's hash, when the caller has it.
-    fn push_hashed_at(&mut self, at: usize, hash: Option<u64>, ts: i64, value: f64) -> Result<()> {
         if self.samples.len() >= SAMPLES_MAX {
             self.keys.truncate(at);
             return Err(Error::BatchFull);
         }
-        let id = match self.find(at, hash) {
+        let id = match self.find(at) {
             Ok(id) => {
                 self.keys.truncate(at);
                 id
@@ -170,20 +165,18 @@ impl BatchBuilder {
         Ok(())
     }
 
-    /// The series of the key at `keys[at..]` (whose hash the caller may
-    /// know), if the batch has it; else the key's hash, for
-    /// [`Self::new_series`].
-    fn find(&self, at: usize, hash: Option<u64>) -> Result<u32, u64> {
+    /// The series of the key at `keys[at..]`, if the batch has it; else
+    /// the key's hash, for [`Self::new_series`].
+    fn find(&self, at: usize) -> Result<u32, u64> {
         let (arena, key) = (&self.keys[..at], &self.keys[at..]);
         if let Some(last) = self.last {
             let s = self.series[last as usize];
             let known = arena.get(s.key_at as usize..).unwrap_or_default();
-            let may_be = hash.is_none_or(|h| self.hashes[last as usize] == h);
-            if may_be && s.key_len as usize == key.len() && known.starts_with(key) {
+            if s.key_len as usize == key.len() && known.starts_with(key) {
                 return Ok(last);
             }
         }
-        let hash = hash.unwrap_or_else(|| xxh3_64(key));
+        let hash = xxh3_64(key);
         self.index.find(hash, arena, key).ok_or(hash)
     }
 
@@ -286,55 +279,95 @@ impl BatchBuilder {
     }
 }
 
-/// One batch builder per partition, fed a sample at a time: how a Graphite
-/// connection groups what it reads.
+/// A Graphite connection's samples until it flushes them, as one batch
+/// per partition, fed a sample at a time.
 ///
-/// The builders' indexes together are far bigger than the caches, and a
-/// connection's samples hit them in no order, so finding a sample's series
-/// in its builder waited on memory every time. Here a sample's key is
-/// encoded and hashed as it is pushed and its index slot prefetched; the
-/// sample enters its builder when the next one is pushed (or at
+/// One key arena, one index and one array of samples for every partition,
+/// split by partition only when the batches are made: a connection's
+/// memory is the samples it holds, not a thousand partitions' buffers each
+/// grown for its own peak. A sample is linked to the next of its series,
+/// so the batches are written without sorting the samples.
+///
+/// The index is far bigger than the caches and the samples hit it in no
+/// order, so finding a sample's series waited on memory every time. Here a
+/// sample's key is encoded and hashed as it is pushed and its index slot
+/// prefetched; the sample enters when the next one is pushed (or at
 /// [`Self::finish`]), the time it takes to parse a line later.
 pub struct PartitionBuilders {
-    builders: Vec<BatchBuilder>,
-    /// The sample pushed last, not in its builder yet.
+    partitions: u32,
+    series: Vec<LinkedSeries>,
+    /// The xxh3 hash of each series' key, by series: handed on with the
+    /// batches so that the partitions' indexes do not hash the keys again.
+    hashes: Vec<u64>,
+    /// Each series' partition (4 bytes, little-endian) and key, back to
+    /// back: a key pushed to two partitions is two series.
+    keys: Vec<u8>,
+    index: HashIndex,
+    /// (the next sample of the same series, timestamp, value), in arrival
+    /// order; [`NO_SAMPLE`] ends a series.
+    samples: Vec<(u32, i64, f64)>,
+    /// Series of the sample entered last: consecutive samples of one
+    /// series skip the index.
+    last: Option<u32>,
+    /// The sample pushed last, not entered yet.
     pending: Option<Pending>,
     /// A key buffer for the next push (the pending sample holds the other).
     spare: Vec<u8>,
-    /// Samples pushed since the last finish, the pending one included.
-    samples: usize,
-    /// Bytes of the keys pushed since the last finish: with `samples`, what
-    /// keeps every builder below its limits, so that a pending sample always
-    /// goes in.
-    key_bytes: usize,
 }
 
-struct Pending {
+/// One series of [`PartitionBuilders`]: its partition and key in the
+/// arena, and its samples' first and last in the list.
+#[derive(Clone, Copy)]
+struct LinkedSeries {
     partition: u32,
+    key_at: u32,
+    key_len: u32,
+    samples: u32,
+    first: u32,
+    last: u32,
+}
+
+const NO_SAMPLE: u32 = u32::MAX;
+
+struct Pending {
+    /// Partition and key, as in the arena.
     key: Vec<u8>,
     hash: u64,
     ts: i64,
     value: f64,
 }
 
+/// Grows a vector a quarter at a time: a connection keeps its buffers from
+/// flush to flush, at their peak, and doubling would leave up to half of
+/// them unused.
+fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
+    if v.len() + more > v.capacity() {
+        v.reserve_exact((v.len() / 4).max(more).max(64));
+    }
+}
+
 impl PartitionBuilders {
     pub fn new(partitions: u32) -> PartitionBuilders {
         PartitionBuilders {
-            builders: (0..partitions).map(|_| BatchBuilder::new()).collect(),
+            partitions,
+            series: Vec::new(),
+            hashes: Vec::new(),
+            keys: Vec::new(),
+            index: HashIndex::default(),
+            samples: Vec::new(),
+            last: None,
             pending: None,
             spare: Vec::new(),
-            samples: 0,
-            key_bytes: 0,
         }
     }
 
     pub fn partitions(&self) -> u32 {
-        self.builders.len() as u32
+        self.partitions
     }
 
     /// Samples held, over all partitions.
     pub fn samples(&self) -> usize {
-        self.samples
+        self.samples.len() + usize::from(self.pending.is_some())
     }
 
     /// Adds one sample to `partition`'s batch (which must be below
@@ -351,20 +384,21 @@ impl PartitionBuilders {
         ts: i64,
         value: f64,
     ) -> Result<()> {
+        debug_assert!(partition < self.partitions);
         check_parts(resource, metric, tags)?;
         let mut key = std::mem::take(&mut self.spare);
         key.clear();
+        key.extend_from_slice(&partition.to_le_bytes());
         encode_parts(resource, metric, tags.iter().copied(), &mut key);
-        if self.samples >= SERIES_MAX || self.key_bytes + key.len() > u32::MAX as usize {
+        let pending_key = self.pending.as_ref().map_or(0, |p| p.key.len());
+        let key_bytes = self.keys.len() + pending_key + key.len();
+        if self.samples() >= SERIES_MAX || key_bytes > u32::MAX as usize {
             self.spare = key;
             return Err(Error::BatchFull);
         }
-        let hash = xxh3_64(&key);
-        self.builders[partition as usize].index.prefetch(hash);
-        self.samples += 1;
-        self.key_bytes += key.len();
+        let hash = xxh3_64(&key[4..]);
+        self.index.prefetch(index_hash(hash, partition));
         let next = Pending {
-            partition,
             key,
             hash,
             ts,
@@ -376,33 +410,139 @@ impl PartitionBuilders {
         Ok(())
     }
 
-    /// Puts a pending sample into its builder; gives its key buffer back.
+    /// Puts a pending sample in its series; gives its key buffer back.
     fn enter(&mut self, p: Pending) -> Vec<u8> {
-        let b = &mut self.builders[p.partition as usize];
-        let at = b.keys.len();
-        b.keys.extend_from_slice(&p.key);
-        // `push` keeps every builder at most SERIES_MAX samples (so below
-        // SAMPLES_MAX, and at most SERIES_MAX series) and 4 GiB of keys.
-        b.push_hashed_at(at, Some(p.hash), p.ts, p.value)
-            .expect("push keeps every builder below its limits");
+        let same_as_last = self.last.filter(|&id| {
+            let s = self.series[id as usize];
+            self.hashes[id as usize] == p.hash
+                && self.keys[s.key_at as usize..][..s.key_len as usize] == p.key[..]
+        });
+        let partition = u32::from_le_bytes(p.key[..4].try_into().expect("4 bytes"));
+        let hash = index_hash(p.hash, partition);
+        let id = match same_as_last.or_else(|| self.index.find(hash, &self.keys, &p.key)) {
+            Some(id) => id,
+            None => {
+                // `push` keeps the arena below 4 GiB and the series below
+                // SERIES_MAX.
+                let id = self.series.len() as u32;
+                let key_at = self.keys.len() as u32;
+                reserve_quarter(&mut self.keys, p.key.len());
+                self.keys.extend_from_slice(&p.key);
+                self.index.insert(hash, id, key_at);
+                reserve_quarter(&mut self.series, 1);
+                self.series.push(LinkedSeries {
+                    partition,
+                    key_at,
+                    key_len: p.key.len() as u32,
+                    samples: 0,
+                    first: NO_SAMPLE,
+                    last: NO_SAMPLE,
+                });
+                reserve_quarter(&mut self.hashes, 1);
+                self.hashes.push(p.hash);
+                id
+            }
+        };
+        let at = self.samples.len() as u32;
+        reserve_quarter(&mut self.samples, 1);
+        self.samples.push((NO_SAMPLE, p.ts, p.value));
+        let s = &mut self.series[id as usize];
+        match s.samples {
+            0 => s.first = at,
+            _ => self.samples[s.last as usize].0 = at,
+        }
+        s.last = at;
+        s.samples += 1;
+        self.last = Some(id);
         p.key
     }
 
-    /// The batches of every partition that has samples, in partition order,
-    /// leaving the builders empty.
+    /// The batches of every partition that has samples, in partition order
+    /// (series in order of first arrival, the samples of each in arrival
+    /// order), leaving the builders empty.
     pub fn finish(&mut self) -> Vec<(u32, Batch)> {
         if let Some(p) = self.pending.take() {
             self.spare = self.enter(p);
         }
-        self.samples = 0;
-        self.key_bytes = 0;
-        self.builders
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-            .map(|(p, b)| (p as u32, b.finish()))
-            .collect()
+        // Series by partition, in order of first arrival: a counting sort.
+        let mut next = vec![0usize; self.partitions as usize + 1];
+        for s in &self.series {
+            next[s.partition as usize + 1] += 1;
+        }
+        for p in 1..next.len() {
+            next[p] += next[p - 1];
+        }
+        let mut order = vec![0u32; self.series.len()];
+        for (id, s) in self.series.iter().enumerate() {
+            let slot = &mut next[s.partition as usize];
+            order[*slot] = id as u32;
+            *slot += 1;
+        }
+        let partition_of = |id: u32| self.series[id as usize].partition;
+        let batches = order
+            .chunk_by(|&a, &b| partition_of(a) == partition_of(b))
+            .map(|run| (partition_of(run[0]), self.batch(run)))
+            .collect();
+        self.series.clear();
+        self.hashes.clear();
+        self.keys.clear();
+        self.index.clear();
+        self.samples.clear();
+        self.last = None;
+        batches
     }
+
+    /// The batch of the series `ids` (one partition's).
+    fn batch(&self, ids: &[u32]) -> Batch {
+        let (mut key_bytes, mut samples) = (0, 0);
+        for &id in ids {
+            let s = &self.series[id as usize];
+            key_bytes += s.key_len as usize - 4;
+            samples += s.samples as usize;
+        }
+        // As BatchBuilder::encode estimates it.
+        let mut bytes =
+            Vec::with_capacity(HEADER_BYTES + key_bytes + ids.len() * 13 + samples * 12);
+        bytes.extend_from_slice(&[MAGIC, VERSION]);
+        bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+        for &id in ids {
+            let s = self.series[id as usize];
+            bytes.extend_from_slice(&self.keys[s.key_at as usize + 4..][..s.key_len as usize - 4]);
+            let (_, ts, v) = self.samples[s.first as usize];
+            if s.samples == 1 {
+                put_one_sample(ts, v, &mut bytes);
+                continue;
+            }
+            // put_samples, along the series' links.
+            varint::put(&mut bytes, u64::from(s.samples));
+            let len_at = bytes.len();
+            bytes.extend_from_slice(&[0; 4]);
+            let (mut at, mut prev) = (s.first, 0i64);
+            while at != NO_SAMPLE {
+                let (next, ts, v) = self.samples[at as usize];
+                varint::put(&mut bytes, zigzag(ts.wrapping_sub(prev)));
+                bytes.extend_from_slice(&v.to_bits().to_le_bytes());
+                (at, prev) = (next, ts);
+            }
+            let len = (bytes.len() - len_at - 4) as u32;
+            bytes[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        let batch = Batch {
+            bytes,
+            series_count: ids.len() as u32,
+            sample_count: samples,
+            key_hashes: ids.iter().map(|&id| self.hashes[id as usize]).collect(),
+        };
+        debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
+        batch
+    }
+}
+
+/// The index hash of a key in a partition: the key's hash, told apart by
+/// the partition (the arena holds both, so a collision only costs a
+/// comparison).
+fn index_hash(key_hash: u64, partition: u32) -> u64 {
+    key_hash ^ u64::from(partition).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// What [`KeyRef::parse`] would check of the key made of these parts (the

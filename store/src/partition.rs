@@ -644,7 +644,7 @@ impl State {
     /// one of three steps that each need what the one before loaded: 0,
     /// its sealed refs and state; 1, the index entries of its first
     /// sealed chunk; 2, that chunk's first bytes. A read over many series
-    /// runs the steps a series or two ahead ([`crate::store`]'s
+    /// runs the steps three, two and one series ahead ([`crate::store`]'s
     /// `read_ids`): their memory waits overlap the reads in between.
     pub fn prefetch_series(&self, id: u32, step: u8) {
         let id = id as usize;

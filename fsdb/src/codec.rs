@@ -1076,6 +1076,8 @@ impl ChunkIter<'_> {
         }
         let limit = ((self.count - 1).saturating_sub(self.index) as usize).min(out.len());
         let Packing { dod, signed, width } = s.packing;
+        // decimal_value, its test on the scale made once (in the loop it
+        // cost 1.4 % of a one-metric sum's instructions).
         let (integer, pow) = (s.scale == 0, POW10[usize::from(s.scale)]);
         let (data, mut pos) = (self.reader.data, self.reader.pos);
         let (mut ts, step) = (self.last_ts, self.ts_delta);

@@ -56,11 +56,16 @@ where
 }
 
 fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
-    varint::put(out, samples.len() as u64);
+    put_samples_iter(samples.len(), samples.iter().copied(), out)
+}
+
+/// [`put_samples`] of the `count` samples `samples` yields.
+fn put_samples_iter(count: usize, samples: impl Iterator<Item = (i64, f64)>, out: &mut Vec<u8>) {
+    varint::put(out, count as u64);
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut prev = 0i64;
-    for &(ts, v) in samples {
+    for (ts, v) in samples {
         varint::put(out, zigzag(ts.wrapping_sub(prev)));
         out.extend_from_slice(&v.to_bits().to_le_bytes());
         prev = ts;
@@ -330,6 +335,7 @@ struct LinkedSeries {
 const NO_SAMPLE: u32 = u32::MAX;
 
 struct Pending {
+    partition: u32,
     /// Partition and key, as in the arena.
     key: Vec<u8>,
     hash: u64,
@@ -397,8 +403,9 @@ impl PartitionBuilders {
             return Err(Error::BatchFull);
         }
         let hash = xxh3_64(&key[4..]);
-        self.index.prefetch(index_hash(hash, partition));
+        self.index.prefetch(hash);
         let next = Pending {
+            partition,
             key,
             hash,
             ts,
@@ -417,8 +424,7 @@ impl PartitionBuilders {
             self.hashes[id as usize] == p.hash
                 && self.keys[s.key_at as usize..][..s.key_len as usize] == p.key[..]
         });
-        let partition = u32::from_le_bytes(p.key[..4].try_into().expect("4 bytes"));
-        let hash = index_hash(p.hash, partition);
+        let (partition, hash) = (p.partition, p.hash);
         let id = match same_as_last.or_else(|| self.index.find(hash, &self.keys, &p.key)) {
             Some(id) => id,
             None => {
@@ -513,19 +519,14 @@ impl PartitionBuilders {
                 put_one_sample(ts, v, &mut bytes);
                 continue;
             }
-            // put_samples, along the series' links.
-            varint::put(&mut bytes, u64::from(s.samples));
-            let len_at = bytes.len();
-            bytes.extend_from_slice(&[0; 4]);
-            let (mut at, mut prev) = (s.first, 0i64);
-            while at != NO_SAMPLE {
-                let (next, ts, v) = self.samples[at as usize];
-                varint::put(&mut bytes, zigzag(ts.wrapping_sub(prev)));
-                bytes.extend_from_slice(&v.to_bits().to_le_bytes());
-                (at, prev) = (next, ts);
-            }
-            let len = (bytes.len() - len_at - 4) as u32;
-            bytes[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            // Along the series' links.
+            let mut at = s.first;
+            let linked = std::iter::from_fn(|| {
+                let (next, ts, v) = *self.samples.get(at as usize)?;
+                at = next;
+                Some((ts, v))
+            });
+            put_samples_iter(s.samples as usize, linked, &mut bytes);
         }
         let batch = Batch {
             bytes,
@@ -536,13 +537,6 @@ impl PartitionBuilders {
         debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
         batch
     }
-}
-
-/// The index hash of a key in a partition: the key's hash, told apart by
-/// the partition (the arena holds both, so a collision only costs a
-/// comparison).
-fn index_hash(key_hash: u64, partition: u32) -> u64 {
-    key_hash ^ u64::from(partition).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// What [`KeyRef::parse`] would check of the key made of these parts (the

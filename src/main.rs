@@ -42,6 +42,7 @@ enum Command {
 }
 
 fn main() {
+    tandem::alloc::configure();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| "info,openraft=error".into());

@@ -15,7 +15,9 @@ use crate::{Error, Lsn, Result, Term};
 /// Sizes of a partition log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
-    /// Size of the first segment (a power of two, at least 4 KiB). Each new segment doubles.
+    /// Size of the first segment (a power of two, at least 4 KiB) after the
+    /// one-page segment a log starts with. Each new segment doubles. Big
+    /// enough that a busy partition creates few files (see ARCHITECTURE.md).
     pub segment_bytes_min: u64,
     /// Largest segment size (a power of two).
     pub segment_bytes_max: u64,
@@ -30,7 +32,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> LogConfig {
         LogConfig {
-            segment_bytes_min: 64 << 10,
+            segment_bytes_min: 1 << 20,
             segment_bytes_max: 64 << 20,
             record_bytes_max: 16 << 20,
             write_ahead_bytes: 8 << 20,

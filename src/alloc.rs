@@ -17,7 +17,7 @@ static ALLOCATOR: Cap<MiMalloc> = Cap::new(MiMalloc, usize::MAX);
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Milliseconds; mimalloc 3 keeps freed memory for 1 000 (its version 2
 /// for 10). A connection frees its batches every flush, and on a 1-node
-/// compare run the second-long delay held about 7 MB more at the peak.
+/// compare run the second-long delay held about 4 MB more at the peak.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets the allocator's options, unless the environment does

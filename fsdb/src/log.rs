@@ -120,7 +120,8 @@ impl Segment {
         };
         encode_watermark(self.map.bytes_mut(), wm);
         self.map.sync_range(WM_OFFSET, WM_LEN)?;
-        // Once the appends have left the first page, only the next watermark
+        // Once the appends have left the first page (or moved on to the next
+        // segment: `retire` released the rest), only the next watermark
         // writes it, a second or more from now: a page a partition, 4 MB on
         // a node of a thousand, was resident for that.
         if self.end >= PAGE || self.released >= self.map.bytes().len() {

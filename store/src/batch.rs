@@ -21,7 +21,7 @@
 //! the same series may appear more than once (later samples win).
 
 use crate::error::{Error, Result};
-use crate::memory::{reserve_quarter, HashIndex};
+use crate::memory::HashIndex;
 use crate::series::{encode_parts, KeyRef, SeriesKey, STRING_BYTES_MAX, TAGS_MAX};
 use crate::source::{METRIC_LABEL, RESOURCE_LABEL};
 use fsdb::varint::{self, unzigzag, zigzag};
@@ -287,105 +287,69 @@ impl BatchBuilder {
 /// A Graphite connection's samples until it flushes them, as one batch
 /// per partition, fed a sample at a time.
 ///
-/// One key arena, one index and one array of samples for every partition,
-/// split by partition only when the batches are made: a connection's
-/// memory is the samples it holds, not a thousand partitions' buffers each
-/// grown for its own peak. A sample is linked to the next of its series,
-/// so the batches are written without sorting the samples.
+/// A sample is encoded into its partition's batch as it is pushed, and the
+/// batches are handed on at [`Self::finish`] as they are. Grouping a
+/// flush's samples by series first (a hash index over every key of the
+/// flush, then a copy of each key and sample into its batch) was a third of
+/// the ingest hot path: the index and the copies hit memory far bigger
+/// than the caches in no order. A series' entry in a batch takes the
+/// samples pushed back to back to it (a sender that writes a series' history
+/// in one go, as a backfill does); a sample of a series whose entry is not
+/// its batch's last starts an entry of its own, and applying the batch
+/// writes the entries in order, so later samples still win.
 ///
-/// The index is far bigger than the caches and the samples hit it in no
-/// order, so finding a sample's series waited on memory every time. Here a
-/// sample's key is encoded and hashed as it is pushed and its index slot
-/// prefetched; the sample enters when the next one is pushed (or at
-/// [`Self::finish`]), the time it takes to parse a line later.
+/// Between flushes a connection keeps no samples: only, per partition,
+/// the size of its last batch, so that the next one starts big enough.
 pub struct PartitionBuilders {
-    partitions: u32,
-    series: Vec<LinkedSeries>,
-    /// The xxh3 hash of each series' key, by series: handed on with the
-    /// batches so that the partitions' indexes do not hash the keys again.
+    open: Vec<OpenBatch>,
+    /// Partitions whose batch has samples, in order of their first.
+    touched: Vec<u32>,
+    samples: usize,
+}
+
+/// One partition's batch being built.
+#[derive(Default)]
+struct OpenBatch {
+    /// Header and series entries; empty until the flush's first sample.
+    bytes: Vec<u8>,
+    /// The xxh3 hash of each entry's key, handed on with the batch so that
+    /// the partition's index does not hash the keys again.
     hashes: Vec<u64>,
-    /// Each series' partition (4 bytes, little-endian) and key, back to
-    /// back: a key pushed to two partitions is two series.
-    keys: Vec<u8>,
-    index: HashIndex,
-    /// Samples in arrival order, linked by series.
-    samples: Vec<LinkedSample>,
-    /// Timestamps are kept as offsets from the first sample's.
-    base_ts: i64,
-    /// (sample, timestamp) of the samples whose offset does not fit
-    /// ([`FAR`]), in sample order.
-    far: Vec<(u32, i64)>,
-    /// Series of the sample entered last: consecutive samples of one
-    /// series skip the index.
-    last: Option<u32>,
-    /// The sample pushed last, not entered yet.
-    pending: Option<Pending>,
-    /// A key buffer for the next push (the pending sample holds the other).
-    spare: Vec<u8>,
+    samples: usize,
+    last: Option<LastEntry>,
+    /// Bytes and entries of this partition's previous batch.
+    hint: (usize, usize),
 }
 
-/// One series of [`PartitionBuilders`]: its partition and key in the
-/// arena, and its samples' first and last in the list.
+/// The last series entry of an [`OpenBatch`], which a sample of the same
+/// series joins.
 #[derive(Clone, Copy)]
-struct LinkedSeries {
-    partition: u32,
-    key_at: u32,
-    key_len: u32,
-    samples: u32,
-    first: u32,
-    last: u32,
-}
-
-const NO_SAMPLE: u32 = u32::MAX;
-
-/// A sample of [`PartitionBuilders`]: 16 bytes, not 24 with an `i64`
-/// timestamp, which came to 6 MB of a 1-node compare run's peak (four
-/// connections of 200 000 samples).
-#[derive(Clone, Copy)]
-struct LinkedSample {
-    /// The next sample of the same series; [`NO_SAMPLE`] ends a series.
-    next: u32,
-    /// Milliseconds from the builders' `base_ts` (about ±24 days), or
-    /// [`FAR`]: the timestamp is in `far`.
-    ts_offset: i32,
-    value: f64,
-}
-
-const FAR: i32 = i32::MIN;
-
-struct Pending {
-    partition: u32,
-    /// Partition and key, as in the arena.
-    key: Vec<u8>,
+struct LastEntry {
+    at: usize,
+    key_len: usize,
     hash: u64,
+    /// Its newest sample's timestamp (the next one is a delta from it).
     ts: i64,
-    value: f64,
+    /// Its sample count, a one-byte varint while below 128.
+    count: u8,
 }
 
 impl PartitionBuilders {
     pub fn new(partitions: u32) -> PartitionBuilders {
         PartitionBuilders {
-            partitions,
-            series: Vec::new(),
-            hashes: Vec::new(),
-            keys: Vec::new(),
-            index: HashIndex::default(),
-            samples: Vec::new(),
-            base_ts: 0,
-            far: Vec::new(),
-            last: None,
-            pending: None,
-            spare: Vec::new(),
+            open: (0..partitions).map(|_| OpenBatch::default()).collect(),
+            touched: Vec::new(),
+            samples: 0,
         }
     }
 
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        self.open.len() as u32
     }
 
     /// Samples held, over all partitions.
     pub fn samples(&self) -> usize {
-        self.samples.len() + usize::from(self.pending.is_some())
+        self.samples
     }
 
     /// Adds one sample to `partition`'s batch (which must be below
@@ -402,180 +366,90 @@ impl PartitionBuilders {
         ts: i64,
         value: f64,
     ) -> Result<()> {
-        debug_assert!(partition < self.partitions);
         check_parts(resource, metric, tags)?;
-        let mut key = std::mem::take(&mut self.spare);
-        key.clear();
-        key.extend_from_slice(&partition.to_le_bytes());
-        encode_parts(resource, metric, tags.iter().copied(), &mut key);
-        let pending_key = self.pending.as_ref().map_or(0, |p| p.key.len());
-        let key_bytes = self.keys.len() + pending_key + key.len();
-        if self.samples() >= SERIES_MAX || key_bytes > u32::MAX as usize {
-            self.spare = key;
+        if self.samples >= SERIES_MAX {
             return Err(Error::BatchFull);
         }
-        let hash = xxh3_64(&key[4..]);
-        self.index.prefetch(hash);
-        let next = Pending {
-            partition,
-            key,
+        let open = &mut self.open[partition as usize];
+        if open.bytes.is_empty() {
+            let (bytes, entries) = open.hint;
+            open.bytes.reserve_exact(HEADER_BYTES + bytes + bytes / 4);
+            open.hashes.reserve_exact(entries + entries / 4);
+            open.bytes.extend_from_slice(&[MAGIC, VERSION, 0, 0, 0, 0]);
+            self.touched.push(partition);
+        }
+        self.samples += 1;
+        open.samples += 1;
+        let at = open.bytes.len();
+        encode_parts(resource, metric, tags.iter().copied(), &mut open.bytes);
+        let hash = xxh3_64(&open.bytes[at..]);
+        if let Some(last) = open.joins(at, hash) {
+            open.bytes.truncate(at);
+            let mut rec = [0u8; 10 + 8];
+            let n = varint::write(&mut rec, zigzag(ts.wrapping_sub(last.ts)));
+            rec[n..n + 8].copy_from_slice(&value.to_bits().to_le_bytes());
+            open.bytes.extend_from_slice(&rec[..n + 8]);
+            // Count (one byte) then the u32 length of the entry's samples.
+            let count_at = last.at + last.key_len;
+            open.bytes[count_at] = last.count + 1;
+            let len_bytes = &mut open.bytes[count_at + 1..count_at + 5];
+            let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
+            len_bytes.copy_from_slice(&(len + n as u32 + 8).to_le_bytes());
+            open.last = Some(LastEntry {
+                ts,
+                count: last.count + 1,
+                ..last
+            });
+            return Ok(());
+        }
+        let key_len = open.bytes.len() - at;
+        put_one_sample(ts, value, &mut open.bytes);
+        open.hashes.push(hash);
+        open.last = Some(LastEntry {
+            at,
+            key_len,
             hash,
             ts,
-            value,
-        };
-        if let Some(p) = self.pending.replace(next) {
-            self.spare = self.enter(p);
-        }
+            count: 1,
+        });
         Ok(())
     }
 
-    /// Puts a pending sample in its series; gives its key buffer back.
-    fn enter(&mut self, p: Pending) -> Vec<u8> {
-        let same_as_last = self.last.filter(|&id| {
-            let s = self.series[id as usize];
-            self.hashes[id as usize] == p.hash
-                && self.keys[s.key_at as usize..][..s.key_len as usize] == p.key[..]
-        });
-        let (partition, hash) = (p.partition, p.hash);
-        let id = match same_as_last.or_else(|| self.index.find(hash, &self.keys, &p.key)) {
-            Some(id) => id,
-            None => {
-                // `push` keeps the arena below 4 GiB and the series below
-                // SERIES_MAX.
-                let id = self.series.len() as u32;
-                let key_at = self.keys.len() as u32;
-                reserve_quarter(&mut self.keys, p.key.len());
-                self.keys.extend_from_slice(&p.key);
-                self.index.insert(hash, id, key_at);
-                reserve_quarter(&mut self.series, 1);
-                self.series.push(LinkedSeries {
-                    partition,
-                    key_at,
-                    key_len: p.key.len() as u32,
-                    samples: 0,
-                    first: NO_SAMPLE,
-                    last: NO_SAMPLE,
-                });
-                reserve_quarter(&mut self.hashes, 1);
-                self.hashes.push(p.hash);
-                id
-            }
-        };
-        let at = self.samples.len() as u32;
-        if at == 0 {
-            self.base_ts = p.ts;
-        }
-        let ts_offset = match p.ts.checked_sub(self.base_ts).map(i32::try_from) {
-            Some(Ok(offset)) if offset != FAR => offset,
-            _ => {
-                self.far.push((at, p.ts));
-                FAR
-            }
-        };
-        reserve_quarter(&mut self.samples, 1);
-        self.samples.push(LinkedSample {
-            next: NO_SAMPLE,
-            ts_offset,
-            value: p.value,
-        });
-        let s = &mut self.series[id as usize];
-        match s.samples {
-            0 => s.first = at,
-            _ => self.samples[s.last as usize].next = at,
-        }
-        s.last = at;
-        s.samples += 1;
-        self.last = Some(id);
-        p.key
-    }
-
-    /// The batches of every partition that has samples, in partition order
-    /// (series in order of first arrival, the samples of each in arrival
-    /// order), leaving the builders empty.
+    /// The batches of every partition that has samples, in partition order,
+    /// leaving the builders empty.
     pub fn finish(&mut self) -> Vec<(u32, Batch)> {
-        if let Some(p) = self.pending.take() {
-            self.spare = self.enter(p);
-        }
-        // Series by partition, in order of first arrival: a counting sort.
-        let mut next = vec![0usize; self.partitions as usize + 1];
-        for s in &self.series {
-            next[s.partition as usize + 1] += 1;
-        }
-        for p in 1..next.len() {
-            next[p] += next[p - 1];
-        }
-        let mut order = vec![0u32; self.series.len()];
-        for (id, s) in self.series.iter().enumerate() {
-            let slot = &mut next[s.partition as usize];
-            order[*slot] = id as u32;
-            *slot += 1;
-        }
-        let partition_of = |id: u32| self.series[id as usize].partition;
-        let batches = order
-            .chunk_by(|&a, &b| partition_of(a) == partition_of(b))
-            .map(|run| (partition_of(run[0]), self.batch(run)))
-            .collect();
-        self.series.clear();
-        self.hashes.clear();
-        self.keys.clear();
-        self.index.clear();
-        self.samples.clear();
-        self.far.clear();
+        self.touched.sort_unstable();
+        self.samples = 0;
+        let open = &mut self.open;
+        self.touched
+            .drain(..)
+            .map(|p| (p, open[p as usize].finish()))
+            .collect()
+    }
+}
+
+impl OpenBatch {
+    /// The last entry, if the key just encoded at `bytes[at..]` (hashing
+    /// to `hash`) is its key and it can take one more sample.
+    fn joins(&self, at: usize, hash: u64) -> Option<LastEntry> {
+        let last = self.last?;
+        let (known, key) = self.bytes.split_at(at);
+        (last.hash == hash && last.count < 127 && known[last.at..][..last.key_len] == *key)
+            .then_some(last)
+    }
+
+    fn finish(&mut self) -> Batch {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        let key_hashes = std::mem::take(&mut self.hashes);
+        let series_count = key_hashes.len() as u32;
+        bytes[2..HEADER_BYTES].copy_from_slice(&series_count.to_le_bytes());
+        self.hint = (bytes.len() - HEADER_BYTES, key_hashes.len());
         self.last = None;
-        batches
-    }
-
-    /// The timestamp of sample `at`.
-    #[inline]
-    fn ts(&self, at: u32) -> i64 {
-        match self.samples[at as usize].ts_offset {
-            FAR => {
-                let i = self.far.partition_point(|&(s, _)| s < at);
-                self.far[i].1
-            }
-            offset => self.base_ts + i64::from(offset),
-        }
-    }
-
-    /// The batch of the series `ids` (one partition's).
-    fn batch(&self, ids: &[u32]) -> Batch {
-        let (mut key_bytes, mut samples) = (0, 0);
-        for &id in ids {
-            let s = &self.series[id as usize];
-            key_bytes += s.key_len as usize - 4;
-            samples += s.samples as usize;
-        }
-        // As BatchBuilder::encode estimates it.
-        let mut bytes =
-            Vec::with_capacity(HEADER_BYTES + key_bytes + ids.len() * 13 + samples * 12);
-        bytes.extend_from_slice(&[MAGIC, VERSION]);
-        bytes.extend_from_slice(&(ids.len() as u32).to_le_bytes());
-        for &id in ids {
-            let s = self.series[id as usize];
-            bytes.extend_from_slice(&self.keys[s.key_at as usize + 4..][..s.key_len as usize - 4]);
-            if s.samples == 1 {
-                put_one_sample(
-                    self.ts(s.first),
-                    self.samples[s.first as usize].value,
-                    &mut bytes,
-                );
-                continue;
-            }
-            // Along the series' links.
-            let mut at = s.first;
-            let linked = std::iter::from_fn(|| {
-                let sample = self.samples.get(at as usize)?;
-                let ts = self.ts(at);
-                at = sample.next;
-                Some((ts, sample.value))
-            });
-            put_samples_iter(s.samples as usize, linked, &mut bytes);
-        }
         let batch = Batch {
             bytes,
-            series_count: ids.len() as u32,
-            sample_count: samples,
-            key_hashes: ids.iter().map(|&id| self.hashes[id as usize]).collect(),
+            series_count,
+            sample_count: std::mem::take(&mut self.samples),
+            key_hashes,
         };
         debug_assert!(decode(&batch.bytes).is_ok(), "a built batch decodes");
         batch
@@ -984,31 +858,30 @@ mod tests {
         assert!(b.finish().is_empty());
     }
 
-    /// A timestamp is kept as an offset from the first one when it fits in
-    /// an i32 but for i32::MIN, which marks a timestamp kept aside.
+    /// Samples pushed back to back to one series share its entry, up to
+    /// 127 (a one-byte count), with timestamps anywhere: each is a wrapping
+    /// delta from the one before.
     #[test]
-    fn partition_builders_keep_timestamps_at_the_edges_of_an_offset() {
-        let base = 1_700_000_000_000i64;
-        let edges = [
-            base,
-            base + i64::from(i32::MAX),
-            base + i64::from(i32::MAX) + 1,
-            base + i64::from(i32::MIN) + 1,
-            base + i64::from(i32::MIN),
-            i64::MIN,
-            i64::MAX,
-        ];
-        let mut b = PartitionBuilders::new(1);
-        for (i, &ts) in edges.iter().enumerate() {
-            b.push(0, "vm1", "cpu", &[], ts, i as f64).unwrap();
+    fn partition_builders_join_a_series_pushed_back_to_back() {
+        let edges = [1_700_000_000_000i64, i64::MIN, i64::MAX, -1, 0, i64::MIN];
+        let stamps: Vec<i64> = (0..300)
+            .map(|i| edges[i % edges.len()] ^ i as i64)
+            .collect();
+        let mut b = PartitionBuilders::new(2);
+        for (i, &ts) in stamps.iter().enumerate() {
+            b.push(1, "vm1", "cpu", &[], ts, i as f64).unwrap();
         }
         let got = read(&b.finish());
-        let want: Vec<(i64, u64)> = edges
+        assert_eq!(got.len(), 1);
+        let entries: Vec<usize> = got[0].1.iter().map(|e| e.2.len()).collect();
+        assert_eq!(entries, vec![127, 127, 46]);
+        let samples: Vec<(i64, u64)> = got[0].1.iter().flat_map(|e| e.2.clone()).collect();
+        let want: Vec<(i64, u64)> = stamps
             .iter()
             .enumerate()
             .map(|(i, &ts)| (ts, (i as f64).to_bits()))
             .collect();
-        assert_eq!(got[0].1[0].2, want);
+        assert_eq!(samples, want);
     }
 
     #[test]
@@ -1056,20 +929,16 @@ mod tests {
             }
         }
 
-        /// Partition builders give what one batch builder per partition
-        /// gives, round after round. Timestamps are anywhere, or within
-        /// about twice the reach of a kept offset (±2^31 ms) of one time.
+        /// Partition builders write each partition's samples in the order
+        /// they came, a sample joining the entry its partition's batch ends
+        /// with when it is of that series (up to 127 samples), round after
+        /// round; each entry comes with its key's hash.
         #[test]
-        fn partition_builders_batch_as_one_builder_per_partition(
+        fn partition_builders_batch_samples_in_order(
             rounds in proptest::collection::vec(
                 proptest::collection::vec(
-                    (
-                        0u32..4,
-                        0usize..6,
-                        prop_oneof![any::<i64>(), (1i64 << 40) - (1 << 32)..(1i64 << 40) + (1 << 32)],
-                        any::<f64>(),
-                    ),
-                    0..40,
+                    (0u32..4, 0usize..6, any::<i64>(), any::<f64>()),
+                    0..60,
                 ),
                 1..3,
             ),
@@ -1078,19 +947,29 @@ mod tests {
             let tags: [&[(&str, &str)]; 2] = [&[], &[("dc", "eu")]];
             let mut all = PartitionBuilders::new(4);
             for round in rounds {
-                let mut each: Vec<BatchBuilder> = (0..4).map(|_| BatchBuilder::new()).collect();
-                for (p, k, ts, v) in round {
+                let mut want: Grouped = Vec::new();
+                for &(p, k, ts, v) in &round {
                     let (r, t) = (names[k % 3], tags[k / 3]);
                     all.push(p, r, "cpu", t, ts, v).unwrap();
-                    each[p as usize].push(r, "cpu", t, ts, v).unwrap();
+                    let key = SeriesKey::new(r, "cpu", t).unwrap().to_bytes();
+                    let entries = match want.iter_mut().find(|(q, _)| *q == p) {
+                        Some((_, entries)) => entries,
+                        None => {
+                            want.push((p, Vec::new()));
+                            &mut want.last_mut().unwrap().1
+                        }
+                    };
+                    match entries.last_mut() {
+                        Some((k, _, samples)) if *k == key && samples.len() < 127 => {
+                            samples.push((ts, v.to_bits()))
+                        }
+                        _ => entries.push((key.clone(), Some(xxh3_64(&key)), vec![(ts, v.to_bits())])),
+                    }
                 }
-                let want: Vec<(u32, Batch)> = each
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(_, b)| !b.is_empty())
-                    .map(|(p, b)| (p as u32, b.finish()))
-                    .collect();
-                prop_assert_eq!(read(&all.finish()), read(&want));
+                want.sort_by_key(|(p, _)| *p);
+                prop_assert_eq!(all.samples(), round.len());
+                prop_assert_eq!(read(&all.finish()), want);
+                prop_assert_eq!(all.samples(), 0);
             }
         }
 

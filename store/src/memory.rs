@@ -252,10 +252,9 @@ impl Memory {
 }
 
 /// Grows a vector a quarter at a time, where doubling would leave up to
-/// half of it unused: a connection's buffers, kept from flush to flush at
-/// their peak, and a partition's series, 128 bytes each (a thousand
+/// half of it unused: a partition's series, 128 bytes each (a thousand
 /// partitions of about 200 series each held 7 MB of unused series slots).
-pub(crate) fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
+fn reserve_quarter<T>(v: &mut Vec<T>, more: usize) {
     if v.len() + more > v.capacity() {
         v.reserve_exact((v.len() / 4).max(more).max(4));
     }

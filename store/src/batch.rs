@@ -7,18 +7,24 @@
 //! its own output again.
 //!
 //! ```text
-//! u8 magic 0xB7, u8 version 1, u32 series_count
+//! u8 magic 0xB7, u8 version 2, u32 series_count,
+//! zigzag varint base_ts (the batch's first timestamp),
 //! series_count x (
 //!     series key (canonical form, see series.rs),
 //!     varint sample_count (>= 1),
-//!     u32 samples_bytes (so a reader skips a series without decoding it),
 //!     sample_count x (zigzag varint timestamp delta from the previous
-//!                     sample, the first from 0; u64 value bits)
+//!                     sample, the series' first from base_ts; u64 value bits)
 //! )
 //! ```
 //!
 //! Integers are little-endian. Samples of one series may come in any order;
 //! the same series may appear more than once (later samples win).
+//!
+//! Version 1, which logs and peers from before may still hold, has no
+//! base_ts (the first delta is from 0) and a u32 samples_bytes after each
+//! sample_count. Version 2 dropped both: a Graphite sample took 41 bytes
+//! of log, 9 of them those two fields, and the log's pages are a quarter
+//! of the ingest hot path's time.
 
 use crate::error::{Error, Result};
 use crate::memory::HashIndex;
@@ -29,61 +35,74 @@ use std::collections::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 pub const MAGIC: u8 = 0xB7;
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The version before base timestamps, still read.
+const VERSION_1: u8 = 1;
 /// Most series in one batch.
 pub const SERIES_MAX: usize = 1 << 20;
 /// Most samples in one batch.
 pub const SAMPLES_MAX: usize = 1 << 24;
+/// Magic, version and series count: the fixed part of the header.
 const HEADER_BYTES: usize = 6;
+
+/// Writes a batch header of `series_count` series (patched later when not
+/// known yet) and its base timestamp.
+fn put_header(series_count: u32, base_ts: i64, out: &mut Vec<u8>) {
+    let mut head = [0u8; HEADER_BYTES + 10];
+    head[0] = MAGIC;
+    head[1] = VERSION;
+    head[2..HEADER_BYTES].copy_from_slice(&series_count.to_le_bytes());
+    let n = varint::write(&mut head[HEADER_BYTES..], zigzag(base_ts));
+    out.extend_from_slice(&head[..HEADER_BYTES + n]);
+}
 
 /// Encodes `series` (key, samples) into `out` (appended).
 pub fn encode<'a, I>(series: I, out: &mut Vec<u8>)
 where
     I: IntoIterator<Item = (&'a SeriesKey, &'a [(i64, f64)])>,
 {
-    let start = out.len();
-    out.extend_from_slice(&[MAGIC, VERSION, 0, 0, 0, 0]);
-    let mut count: u32 = 0;
+    let series: Vec<_> = series.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+    let base = series.first().map_or(0, |(_, s)| s[0].0);
+    put_header(series.len() as u32, base, out);
     for (key, samples) in series {
-        if samples.is_empty() {
-            continue;
-        }
         key.encode_into(out);
-        put_samples(samples, out);
-        count += 1;
+        put_samples(base, samples.iter().copied(), samples.len(), out);
     }
-    out[start + 2..start + 6].copy_from_slice(&count.to_le_bytes());
 }
 
-fn put_samples(samples: &[(i64, f64)], out: &mut Vec<u8>) {
-    put_samples_iter(samples.len(), samples.iter().copied(), out)
-}
-
-/// [`put_samples`] of the `count` samples `samples` yields.
-fn put_samples_iter(count: usize, samples: impl Iterator<Item = (i64, f64)>, out: &mut Vec<u8>) {
+/// A series' sample count and `count` samples, the first a delta from `base`.
+fn put_samples(
+    base: i64,
+    samples: impl Iterator<Item = (i64, f64)>,
+    count: usize,
+    out: &mut Vec<u8>,
+) {
     varint::put(out, count as u64);
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let mut prev = 0i64;
+    let mut prev = base;
     for (ts, v) in samples {
-        varint::put(out, zigzag(ts.wrapping_sub(prev)));
-        out.extend_from_slice(&v.to_bits().to_le_bytes());
+        put_sample(ts.wrapping_sub(prev), v, out);
         prev = ts;
     }
-    let len = (out.len() - len_at - 4) as u32;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
 }
 
-/// [`put_samples`] of one sample, assembled on the stack and appended with
-/// one copy: the Graphite case, where it ran a dozen small appends a sample.
-fn put_one_sample(ts: i64, v: f64, out: &mut Vec<u8>) {
-    // varint count 1, u32 samples_bytes, varint timestamp, u64 value.
-    let mut rec = [0u8; 1 + 4 + 10 + 8];
+/// One sample, `delta` from the one before, assembled on the stack and
+/// appended with one copy.
+#[inline]
+fn put_sample(delta: i64, v: f64, out: &mut Vec<u8>) {
+    let mut rec = [0u8; 10 + 8];
+    let n = varint::write(&mut rec, zigzag(delta));
+    rec[n..n + 8].copy_from_slice(&v.to_bits().to_le_bytes());
+    out.extend_from_slice(&rec[..n + 8]);
+}
+
+/// [`put_samples`] of one sample: the Graphite case, one copy.
+#[inline]
+fn put_one_sample(base: i64, ts: i64, v: f64, out: &mut Vec<u8>) {
+    let mut rec = [0u8; 1 + 10 + 8];
     rec[0] = 1;
-    let n = varint::write(&mut rec[5..], zigzag(ts));
-    rec[5 + n..13 + n].copy_from_slice(&v.to_bits().to_le_bytes());
-    rec[1..5].copy_from_slice(&(n as u32 + 8).to_le_bytes());
-    out.extend_from_slice(&rec[..13 + n]);
+    let n = varint::write(&mut rec[1..], zigzag(ts.wrapping_sub(base)));
+    rec[1 + n..9 + n].copy_from_slice(&v.to_bits().to_le_bytes());
+    out.extend_from_slice(&rec[..9 + n]);
 }
 
 /// One series of a batch being built: where its key is in the builder's key
@@ -217,21 +236,20 @@ impl BatchBuilder {
     /// Appends the batch to `out`: series in order of first arrival, the
     /// samples of each in arrival order.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        // Per series a count and a length (at most 7 bytes) and a first
-        // timestamp written whole (up to 10, a millisecond one 6); per other
-        // sample a delta (4 bytes up to 2^27 ms) and the value. An estimate
-        // short of the batch regrows it, a copy of all of it.
+        // Per series a count (up to 3 bytes), per sample a delta (4 bytes
+        // up to 2^27 ms) and the value. An estimate short of the batch
+        // regrows it, a copy of all of it.
         out.reserve(
-            HEADER_BYTES + self.keys.len() + self.series.len() * 13 + self.samples.len() * 12,
+            HEADER_BYTES + 10 + self.keys.len() + self.series.len() * 3 + self.samples.len() * 12,
         );
-        out.extend_from_slice(&[MAGIC, VERSION]);
-        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
+        let base = self.samples.first().map_or(0, |s| s.1);
+        put_header(self.series.len() as u32, base, out);
         if self.samples.len() == self.series.len() {
             // One sample per series (the Graphite case): arrival order is
             // series order, nothing to group.
             for (s, &(_, ts, v)) in self.series.iter().zip(&self.samples) {
                 out.extend_from_slice(&self.keys[s.key_at as usize..][..s.key_len as usize]);
-                put_one_sample(ts, v, out);
+                put_one_sample(base, ts, v, out);
             }
             return;
         }
@@ -252,7 +270,7 @@ impl BatchBuilder {
         for s in &self.series {
             let to = from + s.samples as usize;
             out.extend_from_slice(&self.keys[s.key_at as usize..][..s.key_len as usize]);
-            put_samples(&grouped[from..to], out);
+            put_samples(base, grouped[from..to].iter().copied(), to - from, out);
             from = to;
         }
     }
@@ -316,6 +334,8 @@ struct OpenBatch {
     /// the partition's index does not hash the keys again.
     hashes: Vec<u64>,
     samples: usize,
+    /// The batch's base timestamp: its first sample's.
+    base: i64,
     last: Option<LastEntry>,
     /// Bytes and entries of this partition's previous batch.
     hint: (usize, usize),
@@ -373,9 +393,10 @@ impl PartitionBuilders {
         let open = &mut self.open[partition as usize];
         if open.bytes.is_empty() {
             let (bytes, entries) = open.hint;
-            open.bytes.reserve_exact(HEADER_BYTES + bytes + bytes / 4);
+            open.bytes.reserve_exact(bytes + bytes / 4);
             open.hashes.reserve_exact(entries + entries / 4);
-            open.bytes.extend_from_slice(&[MAGIC, VERSION, 0, 0, 0, 0]);
+            put_header(0, ts, &mut open.bytes);
+            open.base = ts;
             self.touched.push(partition);
         }
         self.samples += 1;
@@ -385,16 +406,8 @@ impl PartitionBuilders {
         let hash = xxh3_64(&open.bytes[at..]);
         if let Some(last) = open.joins(at, hash) {
             open.bytes.truncate(at);
-            let mut rec = [0u8; 10 + 8];
-            let n = varint::write(&mut rec, zigzag(ts.wrapping_sub(last.ts)));
-            rec[n..n + 8].copy_from_slice(&value.to_bits().to_le_bytes());
-            open.bytes.extend_from_slice(&rec[..n + 8]);
-            // Count (one byte) then the u32 length of the entry's samples.
-            let count_at = last.at + last.key_len;
-            open.bytes[count_at] = last.count + 1;
-            let len_bytes = &mut open.bytes[count_at + 1..count_at + 5];
-            let len = u32::from_le_bytes(len_bytes.try_into().expect("4 bytes"));
-            len_bytes.copy_from_slice(&(len + n as u32 + 8).to_le_bytes());
+            put_sample(ts.wrapping_sub(last.ts), value, &mut open.bytes);
+            open.bytes[last.at + last.key_len] = last.count + 1;
             open.last = Some(LastEntry {
                 ts,
                 count: last.count + 1,
@@ -403,7 +416,7 @@ impl PartitionBuilders {
             return Ok(());
         }
         let key_len = open.bytes.len() - at;
-        put_one_sample(ts, value, &mut open.bytes);
+        put_one_sample(open.base, ts, value, &mut open.bytes);
         open.hashes.push(hash);
         open.last = Some(LastEntry {
             at,
@@ -443,7 +456,7 @@ impl OpenBatch {
         let key_hashes = std::mem::take(&mut self.hashes);
         let series_count = key_hashes.len() as u32;
         bytes[2..HEADER_BYTES].copy_from_slice(&series_count.to_le_bytes());
-        self.hint = (bytes.len() - HEADER_BYTES, key_hashes.len());
+        self.hint = (bytes.len(), key_hashes.len());
         self.last = None;
         let batch = Batch {
             bytes,
@@ -487,6 +500,7 @@ fn check_parts(resource: &str, metric: &str, tags: &[(&str, &str)]) -> Result<()
 pub struct BatchView<'a> {
     /// The whole batch, header included.
     bytes: &'a [u8],
+    layout: Layout,
     series_count: u32,
     sample_count: usize,
     /// Each series' key hash (xxh3), when the batch's maker computed them;
@@ -505,8 +519,10 @@ pub struct Batch {
 
 impl Batch {
     pub fn view(&self) -> BatchView<'_> {
+        let layout = layout(&self.bytes).unwrap_or_default();
         BatchView {
             bytes: &self.bytes,
+            layout,
             series_count: self.series_count,
             sample_count: self.sample_count,
             key_hashes: &self.key_hashes,
@@ -518,6 +534,57 @@ impl Batch {
     }
 }
 
+/// How a batch's version lays it out, read from its header.
+#[derive(Clone, Copy, Debug, Default)]
+struct Layout {
+    /// Version 1: a u32 length before each series' samples, no base.
+    v1: bool,
+    /// Where a series' first timestamp delta starts from.
+    base_ts: i64,
+    /// Where the series entries start.
+    body_at: usize,
+}
+
+/// The layout of a batch whose magic and version were checked.
+fn layout(bytes: &[u8]) -> Option<Layout> {
+    if bytes.get(1) == Some(&VERSION_1) {
+        return Some(Layout {
+            v1: true,
+            base_ts: 0,
+            body_at: HEADER_BYTES,
+        });
+    }
+    let (base, used) = varint::get(bytes.get(HEADER_BYTES..)?)?;
+    Some(Layout {
+        v1: false,
+        base_ts: unzigzag(base),
+        body_at: HEADER_BYTES + used,
+    })
+}
+
+/// The end of `n` samples (a varint and 8 bytes each) starting at `pos`,
+/// if they are within `bytes`.
+#[inline]
+fn samples_end(bytes: &[u8], mut pos: usize, n: u64) -> Option<usize> {
+    for _ in 0..n {
+        let (_, used) = varint::get(bytes.get(pos..)?)?;
+        pos += used + 8;
+    }
+    (pos <= bytes.len()).then_some(pos)
+}
+
+/// Where the samples of an entry are, `(start, end)`, its count read just
+/// before `pos`: version 1 gives their length, version 2 is walked.
+#[inline]
+fn samples_span(body: &[u8], pos: usize, n: u64, v1: bool) -> Option<(usize, usize)> {
+    if !v1 {
+        return Some((pos, samples_end(body, pos, n)?));
+    }
+    let len = u32::from_le_bytes(body.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    let end = (pos + 4).checked_add(len).filter(|&e| e <= body.len())?;
+    Some((pos + 4, end))
+}
+
 /// Validates `bytes` as one whole batch.
 pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
     let header = bytes
@@ -526,53 +593,42 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
     if header[0] != MAGIC {
         return Err(malformed(0, "bad magic"));
     }
-    if header[1] != VERSION {
+    if header[1] != VERSION && header[1] != VERSION_1 {
         return Err(Error::BatchVersion(header[1]));
     }
     let series_count = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
     if series_count as usize > SERIES_MAX {
         return Err(malformed(2, "too many series"));
     }
-    let body = &bytes[HEADER_BYTES..];
+    let layout = layout(bytes).ok_or_else(|| malformed(HEADER_BYTES, "bad base timestamp"))?;
+    let body = &bytes[layout.body_at..];
+    let at = |pos: usize| layout.body_at + pos;
     let mut pos = 0;
     let mut sample_count = 0usize;
     for _ in 0..series_count {
         let used = crate::series::validate_prefix(&body[pos..])
-            .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad series key"))?;
+            .ok_or_else(|| malformed(at(pos), "bad series key"))?;
         pos += used;
-        let (n, used) =
-            varint::get(&body[pos..]).ok_or_else(|| malformed(HEADER_BYTES + pos, "bad count"))?;
+        let (n, used) = varint::get(&body[pos..]).ok_or_else(|| malformed(at(pos), "bad count"))?;
         pos += used;
         if n == 0 || n as usize > SAMPLES_MAX - sample_count {
-            return Err(malformed(HEADER_BYTES + pos, "bad sample count"));
+            return Err(malformed(at(pos), "bad sample count"));
         }
         sample_count += n as usize;
-        let len_bytes = body
-            .get(pos..pos + 4)
-            .ok_or_else(|| malformed(HEADER_BYTES + pos, "truncated length"))?;
-        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]);
-        pos += 4;
-        let end = pos
-            .checked_add(len as usize)
-            .filter(|&e| e <= body.len())
-            .ok_or_else(|| malformed(HEADER_BYTES + pos, "samples beyond the batch"))?;
-        for _ in 0..n {
-            let (_, used) = varint::get(&body[pos..end])
-                .ok_or_else(|| malformed(HEADER_BYTES + pos, "bad timestamp"))?;
-            pos += used + 8;
-            if pos > end {
-                return Err(malformed(HEADER_BYTES + pos, "truncated value"));
-            }
+        let (start, end) = samples_span(body, pos, n, layout.v1)
+            .ok_or_else(|| malformed(at(pos), "samples beyond the batch"))?;
+        // Version 1's length must be exactly its samples'.
+        if samples_end(&body[..end], start, n) != Some(end) {
+            return Err(malformed(at(start), "samples length mismatch"));
         }
-        if pos != end {
-            return Err(malformed(HEADER_BYTES + pos, "samples length mismatch"));
-        }
+        pos = end;
     }
     if pos != body.len() {
-        return Err(malformed(HEADER_BYTES + pos, "trailing bytes"));
+        return Err(malformed(at(pos), "trailing bytes"));
     }
     Ok(BatchView {
         bytes,
+        layout,
         series_count,
         sample_count,
         key_hashes: &[],
@@ -599,9 +655,10 @@ impl<'a> BatchView<'a> {
 
     pub fn series(&self) -> SeriesIter<'a> {
         SeriesIter {
-            body: &self.bytes[HEADER_BYTES..],
+            body: &self.bytes[self.layout.body_at..],
             pos: 0,
             left: self.series_count,
+            layout: self.layout,
             key_hashes: self.key_hashes.iter(),
         }
     }
@@ -629,6 +686,7 @@ pub struct SeriesIter<'a> {
     body: &'a [u8],
     pos: usize,
     left: u32,
+    layout: Layout,
     key_hashes: std::slice::Iter<'a, u64>,
 }
 
@@ -643,16 +701,14 @@ impl<'a> Iterator for SeriesIter<'a> {
         let rest = self.body.get(self.pos..)?;
         let key_len = crate::series::key_len(rest)?;
         let (n, used) = varint::get(&rest[key_len..])?;
-        let len_at = key_len + used;
-        let len = u32::from_le_bytes(rest.get(len_at..len_at + 4)?.try_into().ok()?) as usize;
-        let samples_start = len_at + 4;
+        let (start, end) = samples_span(rest, key_len + used, n, self.layout.v1)?;
         let it = SampleIter {
-            bytes: rest.get(samples_start..samples_start + len)?,
+            bytes: &rest[start..end],
             pos: 0,
             left: n,
-            prev: 0,
+            prev: self.layout.base_ts,
         };
-        self.pos += samples_start + len;
+        self.pos += end;
         Some(SeriesView {
             key_bytes: &rest[..key_len],
             key_hash: self.key_hashes.next().copied(),
@@ -714,6 +770,36 @@ mod tests {
         );
         view.series()
             .map(|s| (s.key().to_owned_key(), s.samples.collect()))
+            .collect()
+    }
+
+    /// A batch as version 1 wrote it.
+    fn encode_v1(input: &Owned) -> Vec<u8> {
+        let mut out = vec![MAGIC, VERSION_1];
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+        for (key, samples) in input {
+            key.encode_into(&mut out);
+            varint::put(&mut out, samples.len() as u64);
+            let mut body = Vec::new();
+            let mut prev = 0i64;
+            for &(ts, v) in samples {
+                varint::put(&mut body, zigzag(ts.wrapping_sub(prev)));
+                body.extend_from_slice(&v.to_bits().to_le_bytes());
+                prev = ts;
+            }
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    /// Keys and samples (values as bits, so NaNs compare).
+    fn read_owned(view: &BatchView<'_>) -> Vec<(SeriesKey, Vec<(i64, u64)>)> {
+        view.series()
+            .map(|s| {
+                let key = s.key().to_owned_key();
+                (key, s.samples.map(|(t, v)| (t, v.to_bits())).collect())
+            })
             .collect()
     }
 
@@ -920,13 +1006,35 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         #[test]
-        fn one_sample_is_written_as_a_list_of_one(ts in any::<i64>(), v in any::<f64>(), shift in 0u32..64) {
-            for ts in [ts, ts >> shift] {
+        fn one_sample_is_written_as_a_list_of_one(base in any::<i64>(), ts in any::<i64>(), v in any::<f64>(), shift in 0u32..64) {
+            for ts in [ts, ts >> shift, base.wrapping_add(ts >> shift)] {
                 let (mut one, mut list) = (vec![7], vec![7]);
-                put_one_sample(ts, v, &mut one);
-                put_samples(&[(ts, v)], &mut list);
+                put_one_sample(base, ts, v, &mut one);
+                put_samples(base, [(ts, v)].into_iter(), 1, &mut list);
                 prop_assert_eq!(one, list);
             }
+        }
+
+        /// Batches of version 1 (no base timestamp, a length before each
+        /// series' samples), which older logs and peers hold, still read,
+        /// and split keeps their version.
+        #[test]
+        fn version_1_batches_still_read(input in arb_batch()) {
+            let kept: Owned = input.iter().filter(|s| !s.1.is_empty()).cloned().collect();
+            let bytes = encode_v1(&kept);
+            let view = decode(&bytes).unwrap();
+            let expected: Vec<_> = kept
+                .iter()
+                .map(|(k, s)| (k.clone(), s.iter().map(|&(t, v)| (t, v.to_bits())).collect::<Vec<_>>()))
+                .collect();
+            prop_assert_eq!(read_owned(&view), expected.clone());
+            let parts = split(&view, |k| k.resource.len() as u32 % 2);
+            let mut got = Vec::new();
+            for (_, part) in &parts {
+                prop_assert_eq!(part.bytes()[1], VERSION_1);
+                got.extend(read_owned(&decode(part.bytes()).unwrap()));
+            }
+            prop_assert_eq!(got.len(), expected.len());
         }
 
         /// Partition builders write each partition's samples in the order
@@ -1008,7 +1116,8 @@ pub fn split(
 ) -> Vec<(u32, Batch)> {
     let mut groups: Vec<(u32, Batch)> = Vec::new();
     let mut index: HashMap<u32, usize> = HashMap::new();
-    let body = &view.bytes[HEADER_BYTES..];
+    let header = &view.bytes[..view.layout.body_at];
+    let body = &view.bytes[view.layout.body_at..];
     let mut it = view.series();
     loop {
         let start = it.pos;
@@ -1016,7 +1125,8 @@ pub fn split(
         let raw = &body[start..it.pos];
         let group = group_of(&series.key());
         let slot = *index.entry(group).or_insert_with(|| {
-            let bytes = vec![MAGIC, VERSION, 0, 0, 0, 0];
+            // The same version and base: the entries are copied as they are.
+            let bytes = header.to_vec();
             let batch = Batch {
                 bytes,
                 series_count: 0,

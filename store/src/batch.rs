@@ -339,14 +339,23 @@ struct OpenBatch {
     /// The xxh3 hash of each entry's key, handed on with the batch so that
     /// the partition's index does not hash the keys again.
     hashes: Vec<u64>,
-    /// Where each entry starts in `bytes`.
-    starts: Vec<u32>,
+    /// Where each entry is in `bytes`.
+    entries: Vec<Entry>,
     samples: usize,
     /// The batch's base timestamp: its first sample's.
     base: i64,
     last: Option<LastEntry>,
     /// Bytes and entries of this partition's previous batch.
     hint: (usize, usize),
+}
+
+/// Where a series entry of an [`OpenBatch`] is.
+#[derive(Clone, Copy)]
+struct Entry {
+    at: u32,
+    key_len: u32,
+    /// Its newest sample's timestamp.
+    last_ts: i64,
 }
 
 /// The last series entry of an [`OpenBatch`], which a sample of the same
@@ -408,7 +417,7 @@ impl PartitionBuilders {
             let (bytes, entries) = open.hint;
             open.bytes.reserve_exact(bytes + bytes / 4);
             open.hashes.reserve_exact(entries + entries / 4);
-            open.starts.reserve_exact(entries + entries / 4);
+            open.entries.reserve_exact(entries + entries / 4);
             put_header(0, ts, &mut open.bytes);
             open.base = ts;
             self.touched.push(partition);
@@ -422,6 +431,9 @@ impl PartitionBuilders {
             open.bytes.truncate(at);
             put_sample(ts.wrapping_sub(last.ts), value, &mut open.bytes);
             open.bytes[last.at + last.key_len] = last.count + 1;
+            if let Some(entry) = open.entries.last_mut() {
+                entry.last_ts = ts;
+            }
             open.last = Some(LastEntry {
                 ts,
                 count: last.count + 1,
@@ -432,7 +444,11 @@ impl PartitionBuilders {
         let key_len = open.bytes.len() - at;
         put_one_sample(open.base, ts, value, &mut open.bytes);
         open.hashes.push(hash);
-        open.starts.push(at as u32);
+        open.entries.push(Entry {
+            at: at as u32,
+            key_len: key_len as u32,
+            last_ts: ts,
+        });
         open.last = Some(LastEntry {
             at,
             key_len,
@@ -471,10 +487,10 @@ impl OpenBatch {
         let mut key_hashes = std::mem::take(&mut self.hashes);
         self.hint = (bytes.len(), key_hashes.len());
         self.last = None;
-        if regroup.number(&bytes, &self.starts, &key_hashes) {
-            (bytes, key_hashes) = regroup.merge(&bytes, &self.starts, &key_hashes, self.base);
+        if regroup.number(&bytes, &self.entries, &key_hashes) {
+            (bytes, key_hashes) = regroup.merge(&bytes, &self.entries, &key_hashes, self.base);
         }
-        self.starts.clear();
+        self.entries.clear();
         let series_count = key_hashes.len() as u32;
         bytes[2..HEADER_BYTES].copy_from_slice(&series_count.to_le_bytes());
         let batch = Batch {
@@ -501,18 +517,15 @@ struct Regroup {
 }
 
 impl Regroup {
-    /// Numbers the series of the entries starting at `starts` in `bytes`;
-    /// true when one has more than one entry.
-    fn number(&mut self, bytes: &[u8], starts: &[u32], hashes: &[u64]) -> bool {
-        let slots = (starts.len() * 2).next_power_of_two().max(16);
+    /// Numbers the series of `entries` (of `bytes`); true when one has
+    /// more than one entry.
+    fn number(&mut self, bytes: &[u8], entries: &[Entry], hashes: &[u64]) -> bool {
+        let slots = (entries.len() * 2).next_power_of_two().max(16);
         self.table.clear();
         self.table.resize(slots, 0);
         self.series_of.clear();
         self.firsts.clear();
-        let key = |entry: usize| {
-            let rest = &bytes[starts[entry] as usize..];
-            &rest[..crate::series::key_len(rest).unwrap_or(0)]
-        };
+        let key = |e: usize| &bytes[entries[e].at as usize..][..entries[e].key_len as usize];
         for (entry, &hash) in hashes.iter().enumerate() {
             let mut slot = hash as usize & (slots - 1);
             let series = loop {
@@ -534,15 +547,18 @@ impl Regroup {
             };
             self.series_of.push(series);
         }
-        self.firsts.len() < starts.len()
+        self.firsts.len() < entries.len()
     }
 
     /// The batch (base timestamp `base`) with the entries of each series
-    /// [`Self::number`]ed merged into one, and the series' key hashes.
+    /// [`Self::number`]ed merged into one, and the series' key hashes. The
+    /// samples' bytes are copied as they are but for a later entry's first
+    /// timestamp, a delta from `base` that becomes one from the sample
+    /// before it.
     fn merge(
         &self,
         bytes: &[u8],
-        starts: &[u32],
+        entries: &[Entry],
         hashes: &[u64],
         base: i64,
     ) -> (Vec<u8>, Vec<u64>) {
@@ -554,42 +570,43 @@ impl Regroup {
         for s in 1..next.len() {
             next[s] += next[s - 1];
         }
-        let mut order = vec![0u32; starts.len()];
+        let mut order = vec![0u32; entries.len()];
         for (entry, &s) in self.series_of.iter().enumerate() {
             order[next[s as usize]] = entry as u32;
             next[s as usize] += 1;
         }
-        // An entry's key and samples, up to the next entry.
-        let entry = |e: u32| {
-            let end = starts
+        // An entry's sample count and samples (up to the next entry).
+        let samples = |e: u32| {
+            let Entry { at, key_len, .. } = entries[e as usize];
+            let end = entries
                 .get(e as usize + 1)
-                .map_or(bytes.len(), |&s| s as usize);
-            let rest = &bytes[starts[e as usize] as usize..end];
-            let key_len = crate::series::key_len(rest).unwrap_or(0);
-            let (count, used) = varint::get(&rest[key_len..]).unwrap_or((0, 0));
-            let samples = SampleIter {
-                bytes: &rest[key_len + used..],
-                pos: 0,
-                left: count,
-                prev: base,
-            };
-            (&rest[..key_len], samples)
+                .map_or(bytes.len(), |n| n.at as usize);
+            let rest = &bytes[(at + key_len) as usize..end];
+            let (count, used) = varint::get(rest).unwrap_or((0, 0));
+            (count, &rest[used..])
         };
         let mut out = Vec::with_capacity(bytes.len());
         put_header(self.firsts.len() as u32, base, &mut out);
         let mut from = 0;
         for (s, &first) in self.firsts.iter().enumerate() {
             // `next[s]` is where the series' entries end now.
-            let entries = &order[from..next[s]];
+            let series = &order[from..next[s]];
             from = next[s];
-            out.extend_from_slice(entry(first).0);
-            let count = entries.iter().map(|&e| entry(e).1.len()).sum();
-            put_samples(
-                base,
-                entries.iter().flat_map(|&e| entry(e).1),
-                count,
-                &mut out,
-            );
+            let Entry { at, key_len, .. } = entries[first as usize];
+            out.extend_from_slice(&bytes[at as usize..][..key_len as usize]);
+            varint::put(&mut out, series.iter().map(|&e| samples(e).0).sum());
+            let mut prev = base;
+            for (i, &e) in series.iter().enumerate() {
+                let (_, mut sample_bytes) = samples(e);
+                if i > 0 {
+                    let (delta, used) = varint::get(sample_bytes).unwrap_or((0, 0));
+                    let ts = base.wrapping_add(unzigzag(delta));
+                    varint::put(&mut out, zigzag(ts.wrapping_sub(prev)));
+                    sample_bytes = &sample_bytes[used..];
+                }
+                out.extend_from_slice(sample_bytes);
+                prev = entries[e as usize].last_ts;
+            }
         }
         let key_hashes = self.firsts.iter().map(|&e| hashes[e as usize]).collect();
         (out, key_hashes)

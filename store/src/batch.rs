@@ -317,9 +317,9 @@ impl BatchBuilder {
 /// hash index over every key of the flush, then a copy of each key and
 /// sample into its batch) was a third of the ingest hot path: the index
 /// and the copies hit memory far bigger than the caches in no order.
-/// Leaving a replay's batches ungrouped (four samples of each series in a
-/// flush) cost a node 20% more CPU per sample, each key logged and looked
-/// up four times.
+/// Left ungrouped, a replay's batches (four samples of each series in a
+/// flush) had each key logged, sent and looked up four times: the compare
+/// load's 3-node CPU and memory figures missed their targets.
 ///
 /// Between flushes a connection keeps no samples: only, per partition,
 /// the size of its last batch, so that the next one starts big enough.
@@ -344,7 +344,9 @@ struct OpenBatch {
     samples: usize,
     /// The batch's base timestamp: its first sample's.
     base: i64,
-    last: Option<LastEntry>,
+    /// The sample count of the last entry, which a sample of the same
+    /// series joins while it is below 128 (a one-byte varint).
+    last_count: u8,
     /// Bytes and entries of this partition's previous batch.
     hint: (usize, usize),
 }
@@ -356,19 +358,6 @@ struct Entry {
     key_len: u32,
     /// Its newest sample's timestamp.
     last_ts: i64,
-}
-
-/// The last series entry of an [`OpenBatch`], which a sample of the same
-/// series joins.
-#[derive(Clone, Copy)]
-struct LastEntry {
-    at: usize,
-    key_len: usize,
-    hash: u64,
-    /// Its newest sample's timestamp (the next one is a delta from it).
-    ts: i64,
-    /// Its sample count, a one-byte varint while below 128.
-    count: u8,
 }
 
 impl PartitionBuilders {
@@ -427,18 +416,13 @@ impl PartitionBuilders {
         let at = open.bytes.len();
         encode_parts(resource, metric, tags.iter().copied(), &mut open.bytes);
         let hash = xxh3_64(&open.bytes[at..]);
-        if let Some(last) = open.joins(at, hash) {
+        if open.joins(at, hash) {
             open.bytes.truncate(at);
-            put_sample(ts.wrapping_sub(last.ts), value, &mut open.bytes);
-            open.bytes[last.at + last.key_len] = last.count + 1;
-            if let Some(entry) = open.entries.last_mut() {
-                entry.last_ts = ts;
-            }
-            open.last = Some(LastEntry {
-                ts,
-                count: last.count + 1,
-                ..last
-            });
+            let last = open.entries.last_mut().expect("a joined entry");
+            put_sample(ts.wrapping_sub(last.last_ts), value, &mut open.bytes);
+            last.last_ts = ts;
+            open.last_count += 1;
+            open.bytes[(last.at + last.key_len) as usize] = open.last_count;
             return Ok(());
         }
         let key_len = open.bytes.len() - at;
@@ -449,13 +433,7 @@ impl PartitionBuilders {
             key_len: key_len as u32,
             last_ts: ts,
         });
-        open.last = Some(LastEntry {
-            at,
-            key_len,
-            hash,
-            ts,
-            count: 1,
-        });
+        open.last_count = 1;
         Ok(())
     }
 
@@ -473,20 +451,23 @@ impl PartitionBuilders {
 }
 
 impl OpenBatch {
-    /// The last entry, if the key just encoded at `bytes[at..]` (hashing
-    /// to `hash`) is its key and it can take one more sample.
-    fn joins(&self, at: usize, hash: u64) -> Option<LastEntry> {
-        let last = self.last?;
+    /// Whether the key just encoded at `bytes[at..]` (hashing to `hash`)
+    /// is the last entry's and that entry can take one more sample.
+    fn joins(&self, at: usize, hash: u64) -> bool {
+        let (Some(last), Some(&last_hash)) = (self.entries.last(), self.hashes.last()) else {
+            return false;
+        };
         let (known, key) = self.bytes.split_at(at);
-        (last.hash == hash && last.count < 127 && known[last.at..][..last.key_len] == *key)
-            .then_some(last)
+        last_hash == hash
+            && self.last_count < 127
+            && known[last.at as usize..][..last.key_len as usize] == *key
     }
 
     fn finish(&mut self, regroup: &mut Regroup) -> Batch {
         let mut bytes = std::mem::take(&mut self.bytes);
         let mut key_hashes = std::mem::take(&mut self.hashes);
         self.hint = (bytes.len(), key_hashes.len());
-        self.last = None;
+        self.last_count = 0;
         if regroup.number(&bytes, &self.entries, &key_hashes) {
             (bytes, key_hashes) = regroup.merge(&bytes, &self.entries, &key_hashes, self.base);
         }
@@ -761,8 +742,9 @@ pub fn decode(bytes: &[u8]) -> Result<BatchView<'_>> {
         sample_count += n as usize;
         let (start, end) = samples_span(body, pos, n, layout.v1)
             .ok_or_else(|| malformed(at(pos), "samples beyond the batch"))?;
-        // Version 1's length must be exactly its samples'.
-        if samples_end(&body[..end], start, n) != Some(end) {
+        // Version 1's length must be exactly its samples' (version 2's
+        // span was found by walking them).
+        if layout.v1 && samples_end(&body[..end], start, n) != Some(end) {
             return Err(malformed(at(start), "samples length mismatch"));
         }
         pos = end;
@@ -935,6 +917,22 @@ mod tests {
             out.extend_from_slice(&body);
         }
         out
+    }
+
+    /// A version 1 batch whose samples length is not its samples' is an
+    /// error, whether it reaches past them or stops inside them.
+    #[test]
+    fn version_1_lengths_must_match_their_samples() {
+        let one = vec![(key("vm1", "cpu"), vec![(10, 1.0), (20, 2.0)])];
+        let good = encode_v1(&one);
+        assert!(decode(&good).is_ok());
+        let len_at = good.len() - 2 * 9 - 4;
+        for len in [17u32, 19] {
+            let mut bad = good.clone();
+            bad[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            bad.push(0);
+            assert!(decode(&bad).is_err(), "length {len}");
+        }
     }
 
     /// Keys and samples (values as bits, so NaNs compare).

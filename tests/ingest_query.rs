@@ -13,6 +13,40 @@ fn now_s() -> i64 {
         .as_secs() as i64
 }
 
+/// The soft and hard limits on open files of a process, from `/proc`.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().unwrap().to_string();
+    (soft, fields.next().unwrap().to_string())
+}
+
+/// A node keeps a file handle per partition log: started under a soft limit
+/// of 256 open files (a common default is 1 024, for a thousand
+/// partitions), it raises the limit to the hard one.
+#[test]
+fn nodes_raise_their_open_file_limit() {
+    let c = Cluster::up(Layout {
+        partitions: 16,
+        open_files_soft: Some(256),
+        ..Layout::default()
+    });
+    for i in 0..c.file.nodes.len() {
+        let (soft, hard) = open_file_limits(c.node_pid(i));
+        assert_eq!(soft, hard, "node {i}");
+        assert_ne!(soft, "256", "node {i}");
+    }
+    let (soft, _) = open_file_limits(c.controller_pid(0));
+    assert_eq!(
+        soft, "256",
+        "controllers inherit the limit `up` was started with"
+    );
+}
+
 #[test]
 fn native_push_is_answered_identically_by_every_node() {
     let c = Cluster::up(Layout::default());

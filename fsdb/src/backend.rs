@@ -10,23 +10,30 @@ pub trait Map: Send + Sync {
     fn bytes(&self) -> &[u8];
 }
 
-/// A writable, memory-mapped file of fixed length. Writes land in the page cache at once
-/// (they survive a process kill); only `sync_range` makes them survive a power cut.
+/// A memory-mapped file of fixed length that is written at offsets. Reads go
+/// through the map; writes go through the file (`pwrite`), not the map:
+/// the kernel then copies them into its page cache, with no page fault (and
+/// no readahead) per page written, and a failed write comes back as an
+/// error where a write through a map is a SIGBUS. The map sees written bytes
+/// at once (one page cache). Written bytes survive a process kill; only
+/// `sync_range` makes them survive a power cut.
 pub trait MapMut: Send + Sync {
     /// The file's bytes.
     fn bytes(&self) -> &[u8];
-    /// The file's bytes, writable.
-    fn bytes_mut(&mut self) -> &mut [u8];
+    /// Writes `parts`, one after the other, at `offset`. On an error, any
+    /// part of them may have been written.
+    fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()>;
     /// Makes `offset..offset + len` durable (msync).
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()>;
-    /// Hint: `offset..offset + len` is about to be written (lets the real backend fault the
-    /// pages in with one call instead of one trap per page). Best effort.
-    fn prepare_write(&mut self, _offset: usize, _len: usize) {}
-    /// Hint: `offset..offset + len` was written and will rarely be read again
-    /// (a log's records behind its appends): the real backend drops those
-    /// pages from the process's resident memory. The page cache keeps them,
-    /// dirty ones stay dirty (a later `sync_range` still writes them), and a
-    /// later read faults them back in. Best effort.
+    /// Hint: few writes follow (a log segment the appends moved past): the
+    /// real backend closes its file handle, and writes the odd later one
+    /// through the map. Best effort.
+    fn close_writer(&mut self) {}
+    /// Hint: `offset..offset + len` will rarely be read again (log records a
+    /// replay or a catch-up has read): the real backend drops those pages
+    /// from the process's resident memory. The page cache keeps them, dirty
+    /// ones stay dirty (a later `sync_range` still writes them), and a later
+    /// read faults them back in. Best effort.
     fn release(&mut self, _offset: usize, _len: usize) {}
 }
 
@@ -38,10 +45,10 @@ pub trait Backend: Send + Sync {
     /// Names of the regular files in `dir`, sorted.
     fn list_dir(&self, dir: &Path) -> Result<Vec<String>>;
     /// Creates a new file of exactly `len` zero bytes, allocated on disk up front (a full disk
-    /// is `Error::NoSpace` here, never a fault later), and maps it writable. The allocation is
+    /// is `Error::NoSpace` here, never a fault later), and maps it. The allocation is
     /// durable; the name is durable once the file is renamed (fsdb always renames it).
     fn create_mapped(&self, path: &Path, len: u64) -> Result<Box<dyn MapMut>>;
-    /// Maps an existing file writable.
+    /// Maps an existing file, for reads and writes.
     fn open_mapped(&self, path: &Path) -> Result<Box<dyn MapMut>>;
     /// Maps an existing file read-only.
     fn open_read(&self, path: &Path) -> Result<Box<dyn Map>>;

@@ -3,12 +3,13 @@
 //! damage in synced bytes is `Error::Corrupted`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{Backend, MapMut};
 use crate::segment::{
-    decode_watermark, encode_watermark, frame_len_at, read_frame, write_frame, Frame,
-    SegmentHeader, Watermark, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
+    decode_watermark, encode_watermark, frame_header, frame_len_at, read_frame, watermark_slot,
+    Frame, SegmentHeader, Watermark, DATA_START, FRAME_HEADER, MAX_TERMS, WM_LEN, WM_OFFSET,
 };
 use crate::{Error, Lsn, Result, Term};
 
@@ -93,40 +94,22 @@ struct Segment {
     wm_seq: u64,
     /// Nothing at or after this offset was written; raised (and msynced) before appending past it.
     write_limit: usize,
-    /// Pages before this offset were faulted in for writing (see [`POPULATE_BYTES`]).
-    populated: usize,
-    /// Pages from the second one up to this offset were dropped from resident
-    /// memory ([`Segment::release_behind`]).
-    released: usize,
 }
-
-/// Appends fault the pages they are about to write in this many bytes at
-/// a time, one call instead of a trap per page. Not the whole write-ahead
-/// step: populated pages are resident until the appends pass them, and a
-/// node has a thousand partitions. A step of megabytes each came to half
-/// the node's memory; 32 KiB each to 35 MB, about a sixth of a 1-node
-/// compare run's peak. At 8 KiB a node writing 10 MB/s of log makes about
-/// 1 300 such calls a second.
-const POPULATE_BYTES: usize = 8 << 10;
 
 impl Segment {
     /// Writes the next watermark slot and makes it durable.
     fn write_watermark(&mut self) -> Result<()> {
-        self.wm_seq += 1;
         let wm = Watermark {
-            seq: self.wm_seq,
+            seq: self.wm_seq + 1,
             synced_end: self.synced_end as u64,
             write_limit: self.write_limit as u64,
         };
-        encode_watermark(self.map.bytes_mut(), wm);
+        let (at, slot) = watermark_slot(wm);
+        self.map.write_at(at, &[&slot])?;
         self.map.sync_range(WM_OFFSET, WM_LEN)?;
-        // Once the appends have left the first page (or moved on to the next
-        // segment: `retire` released the rest), only the next watermark
-        // writes it, a second or more from now: a page a partition, 4 MB on
-        // a node of a thousand, was resident for that.
-        if self.end >= PAGE || self.released >= self.map.bytes().len() {
-            self.map.release(0, PAGE);
-        }
+        // Only now: after a failed write the next one goes to the same slot
+        // again, never over the other, the last one that verifies.
+        self.wm_seq = wm.seq;
         Ok(())
     }
 
@@ -143,66 +126,6 @@ impl Segment {
             return Err(e);
         }
         Ok(())
-    }
-
-    /// Faults in the pages up to `need` (and a little past it) before an
-    /// append writes them.
-    fn populate(&mut self, need: usize) {
-        if need <= self.populated {
-            return;
-        }
-        let from = self.populated.max(self.end);
-        let to = need
-            .saturating_add(POPULATE_BYTES)
-            .min(self.write_limit)
-            .max(need);
-        self.release_behind();
-        self.map.prepare_write(from, to - from);
-        self.populated = to;
-    }
-
-    /// Drops a synced segment that appends have moved past from resident
-    /// memory, header page, tail and populated pages included: nothing
-    /// writes it again, and a thousand partitions' older segments held
-    /// most of the log's resident memory. Reads fault pages back in.
-    fn release_all(&mut self) {
-        let len = self.map.bytes().len();
-        if self.released < len {
-            self.map.release(0, len);
-            self.released = len;
-        }
-    }
-
-    /// Drops the segment from resident memory when appends move on to the
-    /// next one: nothing writes it again but the sync that records its last
-    /// watermark, which drops the first page after it. Kept until that sync
-    /// (up to a second), rolled segments held a third of the log's resident
-    /// memory during a compare run's ingest.
-    fn retire(&mut self) {
-        let len = self.map.bytes().len();
-        let from = if self.synced_end == self.end {
-            0
-        } else {
-            self.released.max(PAGE)
-        };
-        if from < len {
-            self.map.release(from, len - from);
-        }
-        self.released = len;
-    }
-
-    /// Drops the whole pages the appends have passed from resident memory.
-    /// They are read again only by a catch-up or a restart; the page cache
-    /// keeps them, and unsynced ones stay dirty there until `sync` msyncs
-    /// the range, so nothing written is lost. Never the first page, where
-    /// the header and the watermark live.
-    fn release_behind(&mut self) {
-        let from = self.released.max(PAGE);
-        let to = (self.end / PAGE) * PAGE;
-        if to > from {
-            self.map.release(from, to - from);
-            self.released = to;
-        }
     }
 }
 
@@ -222,6 +145,10 @@ pub struct PartitionLog {
     history: Vec<(Term, Lsn)>,
     last_lsn: Lsn,
     last_term: Term,
+    /// Reads (the scan at open, a [`LogReader`]) may have mapped pages in
+    /// since the last [`PartitionLog::sync`], which drops them. Appends
+    /// never do: they write through the file.
+    read_mapped: AtomicBool,
 }
 
 fn segment_name(gen: u64, base: Lsn) -> String {
@@ -250,7 +177,6 @@ fn observe(history: &mut Vec<(Term, Lsn)>, term: Term, lsn: Lsn) {
 /// The size of the segment a reset log starts with, and of a log's first
 /// segment when its first record fits.
 const FIRST_SEGMENT_BYTES: u64 = 4096;
-const PAGE: usize = 4096;
 
 impl PartitionLog {
     /// Opens (or creates) the log in `dir`, verifying every record. A torn tail is cut off;
@@ -277,6 +203,7 @@ impl PartitionLog {
             history: Vec::new(),
             last_lsn: Lsn(0),
             last_term: Term(0),
+            read_mapped: AtomicBool::new(true),
         };
         // Segments of an older generation are left over from an interrupted reset.
         for (gen, _, name) in &found {
@@ -335,8 +262,6 @@ impl PartitionLog {
             synced_end: wm_end,
             wm_seq: wm.seq,
             write_limit: limit,
-            populated: DATA_START,
-            released: 0,
         })
     }
 
@@ -401,7 +326,7 @@ impl PartitionLog {
         let Some(last) = bytes[pos..limit].iter().rposition(|&b| b != 0) else {
             return Ok(());
         };
-        seg.map.bytes_mut()[pos..=pos + last].fill(0);
+        seg.map.write_at(pos, &[&vec![0; last + 1]])?;
         seg.map.sync_range(pos, last + 1)
     }
 
@@ -430,8 +355,10 @@ impl PartitionLog {
         };
         let mut map = self.backend.create_mapped(&tmp, size)?;
         let made = (|| {
-            header.encode(map.bytes_mut());
-            encode_watermark(map.bytes_mut(), wm);
+            let mut head = [0; DATA_START];
+            header.encode(&mut head);
+            encode_watermark(&mut head, wm);
+            map.write_at(0, &[&head])?;
             map.sync_range(0, DATA_START)?;
             self.backend.rename(&tmp, &path)
         })();
@@ -448,8 +375,6 @@ impl PartitionLog {
             synced_end: DATA_START,
             wm_seq: 1,
             write_limit: wm.write_limit as usize,
-            populated: DATA_START,
-            released: 0,
         })
     }
 
@@ -500,8 +425,9 @@ impl PartitionLog {
         if at + frame_len > seg.write_limit {
             seg.reserve(at + frame_len, self.config.write_ahead_bytes as usize)?;
         }
-        seg.populate(at + frame_len);
-        seg.end += write_frame(&mut seg.map.bytes_mut()[at..], lsn, term, payload);
+        seg.map
+            .write_at(at, &[&frame_header(lsn, term, payload), payload])?;
+        seg.end += frame_len;
         observe(&mut self.history, term, lsn);
         self.last_lsn = lsn;
         self.last_term = term;
@@ -530,12 +456,8 @@ impl PartitionLog {
         // file atomically, and it leaves the list here.
         let replaces_empty = active.is_some_and(|a| a.end == DATA_START);
         let seg = self.create_segment(Lsn(self.last_lsn.0 + 1), self.last_term, terms, size)?;
-        match self.segments.last_mut() {
-            Some(_) if replaces_empty => {
-                self.segments.pop();
-            }
-            Some(old) => old.retire(),
-            None => {}
+        if replaces_empty {
+            self.segments.pop();
         }
         self.segments.push(seg);
         Ok(())
@@ -583,6 +505,7 @@ impl PartitionLog {
             let seg = self.segment_of(lsn);
             (seg, self.offset_of(seg, lsn)?)
         };
+        self.read_mapped.store(true, Ordering::Relaxed);
         Ok(LogReader {
             log: self,
             seg,
@@ -627,11 +550,9 @@ impl PartitionLog {
         // valid and after the watermark, never zeroes inside the synced region.
         seg.synced_end = seg.synced_end.min(pos);
         seg.write_watermark()?;
-        seg.map.bytes_mut()[pos..old_end].fill(0);
+        seg.map.write_at(pos, &[&vec![0; old_end - pos]])?;
         seg.map.sync_range(pos, old_end - pos)?;
         seg.end = pos;
-        // It may be active again: let release_behind work from here.
-        seg.released = seg.released.min(pos / PAGE * PAGE);
         let mut history = self.segments[0].header.terms.clone();
         for &(t, l) in &self.history {
             if l <= lsn {
@@ -762,8 +683,7 @@ impl PartitionLog {
     /// Makes every appended record durable (msync), oldest segment first, then records the
     /// synced watermark in each segment header.
     pub fn sync(&mut self) -> Result<()> {
-        let active = self.segments.len().saturating_sub(1);
-        for (i, seg) in self.segments.iter_mut().enumerate() {
+        for seg in &mut self.segments {
             if seg.synced_end < seg.end {
                 seg.map
                     .sync_range(seg.synced_end, seg.end - seg.synced_end)?;
@@ -773,10 +693,18 @@ impl PartitionLog {
                     seg.synced_end = old;
                     return Err(e);
                 }
-                seg.release_behind();
             }
-            if i < active {
-                seg.release_all();
+        }
+        // Appends go to the last segment only; the others got their last
+        // watermark above and keep no file handle.
+        let older = self.segments.len().saturating_sub(1);
+        for seg in &mut self.segments[..older] {
+            seg.map.close_writer();
+        }
+        if self.read_mapped.swap(false, Ordering::Relaxed) {
+            for seg in &mut self.segments {
+                let len = seg.map.bytes().len();
+                seg.map.release(0, len);
             }
         }
         Ok(())
@@ -860,83 +788,6 @@ impl<'a> Iterator for LogReader<'a> {
 mod tests {
     use super::*;
     use crate::MemBackend;
-
-    type Ranges = Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
-
-    /// A map that records the ranges it was asked to fault in and to release.
-    struct Recording {
-        bytes: Vec<u8>,
-        prepared: Ranges,
-        released: Ranges,
-    }
-
-    impl MapMut for Recording {
-        fn bytes(&self) -> &[u8] {
-            &self.bytes
-        }
-        fn bytes_mut(&mut self) -> &mut [u8] {
-            &mut self.bytes
-        }
-        fn sync_range(&mut self, _: usize, _: usize) -> Result<()> {
-            Ok(())
-        }
-        fn prepare_write(&mut self, offset: usize, len: usize) {
-            self.prepared.lock().unwrap().push((offset, offset + len));
-        }
-        fn release(&mut self, offset: usize, len: usize) {
-            self.released.lock().unwrap().push((offset, offset + len));
-        }
-    }
-
-    /// Appends fault in the pages just ahead of them, never the whole
-    /// write-ahead step, and release the pages behind them: the resident
-    /// part of a segment stays a small window around the appends.
-    #[test]
-    fn appends_keep_a_small_window_resident() {
-        let prepared = Ranges::default();
-        let released = Ranges::default();
-        let len = 4 << 20;
-        let mut seg = Segment {
-            name: "s".into(),
-            map: Box::new(Recording {
-                bytes: vec![0; len],
-                prepared: prepared.clone(),
-                released: released.clone(),
-            }),
-            header: SegmentHeader {
-                gen: 1,
-                base_lsn: Lsn(1),
-                base_term: Term(0),
-                segment_len: len as u64,
-                terms: Vec::new(),
-            },
-            end: DATA_START,
-            synced_end: DATA_START,
-            wm_seq: 0,
-            write_limit: len,
-            populated: DATA_START,
-            released: 0,
-        };
-        let frame = 1000;
-        while seg.end + frame <= len {
-            seg.populate(seg.end + frame);
-            let ahead = prepared.lock().unwrap().last().map_or(0, |r| r.1) - seg.end;
-            assert!(ahead <= frame + POPULATE_BYTES, "{ahead} bytes ahead");
-            let behind = seg.end - released.lock().unwrap().last().map_or(0, |r| r.1);
-            assert!(behind <= POPULATE_BYTES + 2 * PAGE, "{behind} bytes behind");
-            seg.end += frame;
-        }
-        // Each page once, all of them, in order; released: every whole page
-        // written but the first (the header's), once each, in order.
-        let ranges = prepared.lock().unwrap().clone();
-        assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
-        assert_eq!(ranges.first().map(|r| r.0), Some(DATA_START));
-        assert!(ranges.last().unwrap().1 >= seg.end);
-        let ranges = released.lock().unwrap().clone();
-        assert!(ranges.windows(2).all(|w| w[0].1 == w[1].0), "{ranges:?}");
-        assert_eq!(ranges.first().map(|r| r.0), Some(PAGE));
-        assert!(ranges.last().unwrap().1 > seg.end - POPULATE_BYTES - 2 * PAGE);
-    }
 
     fn small() -> LogConfig {
         LogConfig {

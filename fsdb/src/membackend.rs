@@ -186,8 +186,16 @@ impl MapMut for MemMap {
     fn bytes(&self) -> &[u8] {
         &self.buf
     }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+    fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        lock(&self.state).op("write", &self.path)?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        crate::mmap::check_range(self.buf.len(), offset, len)?;
+        let mut at = offset;
+        for part in parts {
+            self.buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        Ok(())
     }
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()> {
         lock(&self.state).op("msync", &self.path)?;

@@ -9,7 +9,9 @@ use memmap2::{Mmap, MmapMut};
 use crate::backend::{Backend, Map, MapMut};
 use crate::{Error, Result};
 
-/// Real files: preallocated with `fallocate`, mapped with memmap2, fds closed once mapped.
+/// Real files: preallocated with `fallocate` and mapped with memmap2. A log
+/// segment keeps its fd while appends write it; every other fd is closed once
+/// mapped.
 ///
 /// Files under the data directory must not be truncated by another process while mapped
 /// (that would fault the mapping); tandem owns its data directory.
@@ -18,6 +20,8 @@ pub struct MmapBackend;
 
 struct RwMap {
     map: MmapMut,
+    /// Writes go here (`pwrite`) until `close_writer`, then through the map.
+    file: Option<File>,
 }
 
 struct RoMap {
@@ -34,8 +38,24 @@ impl MapMut for RwMap {
     fn bytes(&self) -> &[u8] {
         &self.map
     }
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.map
+    fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        check_range(self.map.len(), offset, len)?;
+        let mut at = offset;
+        for part in parts {
+            match &self.file {
+                Some(file) => file
+                    .write_all_at(part, at as u64)
+                    .map_err(|e| Error::io("write", "<mapped segment>", e))?,
+                None => self.map[at..at + part.len()].copy_from_slice(part),
+            }
+            at += part.len();
+        }
+        Ok(())
+    }
+    fn close_writer(&mut self) {
+        self.file = None;
     }
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()> {
         self.map
@@ -55,14 +75,6 @@ impl MapMut for RwMap {
             self.map
                 .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
         };
-    }
-    fn prepare_write(&mut self, offset: usize, len: usize) {
-        let len = len.min(self.map.len().saturating_sub(offset));
-        // Kernels before 5.14 lack MADV_POPULATE_WRITE: the pages then fault in one by one.
-        #[cfg(target_os = "linux")]
-        let _ = self
-            .map
-            .advise_range(memmap2::Advice::PopulateWrite, offset, len);
     }
 }
 
@@ -111,12 +123,25 @@ fn allocate(file: &File, path: &Path, len: u64) -> Result<()> {
     }
 }
 
-fn map_rw(file: &File, path: &Path) -> Result<Box<dyn MapMut>> {
+/// Writes must stay inside the file: a `pwrite` past its end would grow it.
+pub(crate) fn check_range(file_len: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > file_len) {
+        return Err(Error::InvalidArgument(format!(
+            "write of {len} bytes at {offset} past the end of a file of {file_len}"
+        )));
+    }
+    Ok(())
+}
+
+fn map_rw(file: File, path: &Path) -> Result<Box<dyn MapMut>> {
     // SAFETY: the file lives in tandem's own data directory and is never truncated while
     // mapped (segments are only ever removed whole, after their map is dropped); all access
     // goes through the bounds-checked slice memmap2 hands out.
-    let map = unsafe { MmapMut::map_mut(file) }.map_err(|e| Error::io("mmap", path, e))?;
-    Ok(Box::new(RwMap { map }))
+    let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("mmap", path, e))?;
+    Ok(Box::new(RwMap {
+        map,
+        file: Some(file),
+    }))
 }
 
 impl Backend for MmapBackend {
@@ -152,7 +177,7 @@ impl Backend for MmapBackend {
         // The allocation is made durable here; the name becomes durable with the rename that
         // follows every creation (one directory fsync instead of two).
         file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
-        map_rw(&file, path)
+        map_rw(file, path)
     }
 
     fn open_mapped(&self, path: &Path) -> Result<Box<dyn MapMut>> {
@@ -161,7 +186,7 @@ impl Backend for MmapBackend {
             .write(true)
             .open(path)
             .map_err(|e| Error::io("open", path, e))?;
-        map_rw(&file, path)
+        map_rw(file, path)
     }
 
     fn open_read(&self, path: &Path) -> Result<Box<dyn Map>> {

@@ -118,15 +118,22 @@ pub(crate) struct Watermark {
     pub write_limit: u64,
 }
 
-/// Writes watermark slot `seq % 2`.
-pub(crate) fn encode_watermark(b: &mut [u8], wm: Watermark) {
+/// Watermark slot `seq % 2`: its offset in the segment and its bytes.
+pub(crate) fn watermark_slot(wm: Watermark) -> (usize, [u8; WM_SLOT]) {
     let at = WM_OFFSET + WM_SLOT * (wm.seq % 2) as usize;
-    let slot = &mut b[at..at + WM_SLOT];
+    let mut slot = [0u8; WM_SLOT];
     slot[0..8].copy_from_slice(&wm.seq.to_le_bytes());
     slot[8..16].copy_from_slice(&wm.synced_end.to_le_bytes());
     slot[16..24].copy_from_slice(&wm.write_limit.to_le_bytes());
-    let crc = wm_crc(slot);
+    let crc = wm_crc(&slot);
     slot[24..28].copy_from_slice(&crc.to_le_bytes());
+    (at, slot)
+}
+
+/// Writes watermark slot `seq % 2` into a segment's first bytes.
+pub(crate) fn encode_watermark(b: &mut [u8], wm: Watermark) {
+    let (at, slot) = watermark_slot(wm);
+    b[at..at + WM_SLOT].copy_from_slice(&slot);
 }
 
 /// The valid watermark slot with the highest sequence, or `None` if neither slot verifies.
@@ -143,20 +150,17 @@ pub(crate) fn decode_watermark(b: &[u8]) -> Option<Watermark> {
         .max()
 }
 
-/// Writes one record frame at the start of `b`; returns its length. `b` must be long enough.
-pub(crate) fn write_frame(b: &mut [u8], lsn: Lsn, term: Term, payload: &[u8]) -> usize {
+/// The header of the frame that carries `payload` (which follows it).
+pub(crate) fn frame_header(lsn: Lsn, term: Term, payload: &[u8]) -> [u8; FRAME_HEADER] {
     let len = FRAME_HEADER + payload.len();
-    let len_bytes = (len as u32).to_le_bytes();
-    let mut ids = [0u8; 16];
-    ids[..8].copy_from_slice(&lsn.0.to_le_bytes());
-    ids[8..].copy_from_slice(&term.0.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&len_bytes), &ids);
+    let mut h = [0u8; FRAME_HEADER];
+    h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&lsn.0.to_le_bytes());
+    h[16..24].copy_from_slice(&term.0.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&h[0..4]), &h[8..24]);
     let crc = crc32c::crc32c_append(crc, payload);
-    b[0..4].copy_from_slice(&len_bytes);
-    b[4..8].copy_from_slice(&crc.to_le_bytes());
-    b[8..24].copy_from_slice(&ids);
-    b[24..len].copy_from_slice(payload);
-    len
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// What is found at a position of a segment.
@@ -207,8 +211,9 @@ mod tests {
     use super::*;
 
     fn framed(payload: &[u8]) -> Vec<u8> {
-        let mut b = vec![0u8; FRAME_HEADER + payload.len() + 8];
-        write_frame(&mut b, Lsn(7), Term(3), payload);
+        let mut b = frame_header(Lsn(7), Term(3), payload).to_vec();
+        b.extend_from_slice(payload);
+        b.extend_from_slice(&[0; 8]);
         b
     }
 

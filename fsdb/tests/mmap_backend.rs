@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fsdb::{
-    delete_expired, Backend, ChunkFile, ChunkFileWriter, Error, LogConfig, Lsn, MmapBackend,
-    PartitionLog, Term,
+    delete_expired, Backend, ChunkFile, ChunkFileWriter, Error, LogConfig, Lsn, MemBackend,
+    MmapBackend, PartitionLog, Term,
 };
 
 fn config() -> LogConfig {
@@ -126,9 +126,9 @@ fn chunk_files_on_real_files() {
     assert_eq!(MmapBackend.list_dir(dir).unwrap(), ["b.chunk"]);
 }
 
-/// Records behind the appends leave resident memory (MADV_DONTNEED), synced
-/// or not yet (a sync every 150 KB, the population window is 32 KiB), and
-/// stay readable, before and after more appends to the same segment.
+/// Records written through the file (pwrite) and read through the map, synced
+/// or not yet (a sync every 150 KB), read back intact, before and after a
+/// reopen.
 #[test]
 fn records_released_from_memory_read_back_intact() {
     let tmp = tempfile::tempdir().unwrap();
@@ -191,15 +191,14 @@ fn present_pages(dir: &Path) -> Vec<(String, Vec<bool>)> {
     out
 }
 
-/// A segment leaves memory when the appends move on to the next one, but
-/// for its first page, which the next sync writes a watermark in and then
-/// drops too: after the sync nothing of it is resident. So does the active
-/// segment's first page, once the appends are past it. Kept until the
-/// sync, rolled segments and first pages were half of a busy node's log
-/// memory.
+/// Appends and syncs write through the file: no page of any segment is in
+/// the process's page tables after them. Reads map pages in (a catch-up, the
+/// replay at open); the next sync drops them. Pages that appends kept mapped
+/// were half of a busy node's log memory, and faulting them in a quarter of
+/// the ingest hot path's time.
 #[test]
 #[cfg(target_os = "linux")]
-fn rolled_segments_leave_memory_at_once_and_first_pages_at_the_sync() {
+fn appends_map_no_page_and_a_sync_drops_what_reads_mapped() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p6");
     let config = LogConfig {
@@ -210,33 +209,65 @@ fn rolled_segments_leave_memory_at_once_and_first_pages_at_the_sync() {
     };
     let mut log = PartitionLog::open(Arc::new(MmapBackend), &dir, config).unwrap();
     let record = |i: u64| -> Vec<u8> { (0..1500).map(|j| (i * 5 + j) as u8).collect() };
+    let none_present = |log: &PartitionLog| {
+        let pages = present_pages(&dir);
+        assert_eq!(pages.len(), log.segment_count(), "{pages:?}");
+        for (name, present) in pages {
+            assert!(!present.iter().any(|&p| p), "{name}: {present:?}");
+        }
+    };
     for i in 1..=60 {
         log.append(Term(1), &record(i)).unwrap();
     }
     assert!(log.segment_count() >= 3, "{} segments", log.segment_count());
-    let pages = present_pages(&dir);
-    assert_eq!(pages.len(), log.segment_count(), "{pages:?}");
-    let (active, older) = pages.split_last().unwrap();
-    assert!(active.1[1..].iter().any(|&p| p), "{active:?}");
-    for (name, present) in older {
-        assert!(!present[1..].iter().any(|&p| p), "{name}: {present:?}");
-    }
+    none_present(&log);
     log.sync().unwrap();
+    none_present(&log);
+    let read = |log: &PartitionLog| -> Vec<Vec<u8>> {
+        log.read_from(Lsn(1))
+            .unwrap()
+            .map(|r| r.unwrap().payload.to_vec())
+            .collect()
+    };
+    assert_eq!(read(&log), (1..=60).map(record).collect::<Vec<_>>());
     let pages = present_pages(&dir);
-    let (active, older) = pages.split_last().unwrap();
-    assert!(!active.1[0], "{active:?}");
-    assert!(active.1.iter().any(|&p| p), "{active:?}");
-    for (name, present) in older {
-        assert!(!present.iter().any(|&p| p), "{name}: {present:?}");
-    }
-    // Released pages read back from the page cache.
+    assert!(pages.iter().all(|(_, p)| p.iter().any(|&p| p)), "{pages:?}");
+    log.sync().unwrap();
+    none_present(&log);
+    // Dropped pages read back from the page cache, and appends go on.
     log.append(Term(1), &record(61)).unwrap();
-    let got: Vec<Vec<u8>> = log
-        .read_from(Lsn(1))
-        .unwrap()
-        .map(|r| r.unwrap().payload.to_vec())
-        .collect();
-    assert_eq!(got, (1..=61).map(record).collect::<Vec<_>>());
+    assert_eq!(read(&log), (1..=61).map(record).collect::<Vec<_>>());
+}
+
+/// A write lands in the file and the map at once, through the file handle
+/// or, once it is closed, through the map; one that would run past the end
+/// is refused (a `pwrite` there would grow the file), on both backends.
+#[test]
+fn mapped_files_are_written_at_offsets_and_never_grown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("f.seg");
+    let backends: [Arc<dyn Backend>; 2] = [Arc::new(MmapBackend), Arc::new(MemBackend::new())];
+    for backend in backends {
+        let mut map = backend.create_mapped(&path, 8192).unwrap();
+        map.write_at(4094, &[b"ab", b"cd"]).unwrap();
+        assert_eq!(&map.bytes()[4094..4098], b"abcd");
+        map.close_writer();
+        map.write_at(8190, &[b"e", b"f"]).unwrap();
+        assert_eq!(&map.bytes()[8190..], b"ef");
+        for (at, parts) in [(8191, [&b"g"[..], b"h"]), (usize::MAX, [b"", b"i"])] {
+            let refused = map.write_at(at, &parts);
+            assert!(
+                matches!(refused, Err(Error::InvalidArgument(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(map.bytes().len(), 8192);
+        drop(map);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            assert_eq!(meta.len(), 8192);
+            assert_eq!(&std::fs::read(&path).unwrap()[4094..4098], b"abcd");
+        }
+    }
 }
 
 #[test]

@@ -112,7 +112,34 @@ pub struct Node {
     map_changed: tokio::sync::Notify,
 }
 
+/// Partitions a node can hold without running short of file handles under a
+/// limit of this many: each partition's log keeps one (its active segment's).
+const FDS_WANTED: u64 = 8192;
+
+/// Raises the soft limit on open files to the hard one, as a server that
+/// keeps a file handle per partition needs (a soft limit of 1 024 is common,
+/// and a node holds up to a thousand partitions). Warns when the hard limit
+/// is still low.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let raised = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    if raised < FDS_WANTED {
+        tracing::warn!(
+            limit = raised,
+            "the open-file limit is low: each partition's log keeps a file handle; raise it (ulimit -n {FDS_WANTED}, or LimitNOFILE= in a systemd unit)"
+        );
+    }
+}
+
 pub async fn run(args: NodeArgs, shutdown: broadcast::Sender<()>) -> anyhow::Result<()> {
+    raise_fd_limit();
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create {}", args.data.display()))?;
     let store_config = store::StoreConfig::new(args.data.join("store"));

@@ -37,6 +37,9 @@ pub struct Layout {
     pub partitions: u32,
     /// Extra `tandem up` flags (`--down-after 2s`, ...).
     pub extra: Vec<String>,
+    /// Starts `tandem up` (and so its processes) with this soft limit on
+    /// open files (through util-linux's `prlimit`).
+    pub open_files_soft: Option<u64>,
 }
 
 impl Default for Layout {
@@ -47,6 +50,7 @@ impl Default for Layout {
             replicas: 2,
             partitions: 64,
             extra: Vec::new(),
+            open_files_soft: None,
         }
     }
 }
@@ -62,7 +66,15 @@ impl Cluster {
             .prefix("tandem-e2e-")
             .tempdir()
             .expect("temp dir");
-        let out = Command::new(TANDEM)
+        let mut command = match layout.open_files_soft {
+            Some(soft) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={soft}:")).arg(TANDEM);
+                c
+            }
+            None => Command::new(TANDEM),
+        };
+        let out = command
             .args(["up", "--detach", "--data"])
             .arg(dir.path())
             .args([

@@ -1,6 +1,7 @@
 //! The real backend: files preallocated with fallocate and mapped with memmap2. The only `unsafe` of tandem.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -39,18 +40,29 @@ impl MapMut for RwMap {
         &self.map
     }
     fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let len: usize = parts.iter().map(|p| p.len()).sum();
         check_range(self.map.len(), offset, len)?;
-        let mut at = offset;
-        for part in parts {
-            match &self.file {
-                Some(file) => file
-                    .write_all_at(part, at as u64)
-                    .map_err(|e| Error::io("write", "<mapped segment>", e))?,
-                None => self.map[at..at + part.len()].copy_from_slice(part),
+        let Some(file) = &self.file else {
+            let mut at = offset;
+            for part in parts {
+                self.map[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
             }
-            at += part.len();
+            return Ok(());
+        };
+        // One call for a record's frame header and payload.
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut left = &mut slices[..];
+        let mut at = offset;
+        while !left.is_empty() {
+            let written = nix::sys::uio::pwritev(file, left, at as i64)
+                .map_err(|e| Error::io("write", "<mapped segment>", e.into()))?;
+            if written == 0 {
+                let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
+                return Err(Error::io("write", "<mapped segment>", e));
+            }
+            IoSlice::advance_slices(&mut left, written);
+            at += written;
         }
         Ok(())
     }

@@ -11,7 +11,8 @@ pub trait Map: Send + Sync {
 }
 
 /// A memory-mapped file of fixed length that is written at offsets. Reads go
-/// through the map; writes go through the file (`pwrite`), not the map:
+/// through the map; writes go through the file (`pwrite` on a descriptor
+/// kept open; the real backend maps the file read-only):
 /// the kernel then copies them into its page cache, with no page fault (and
 /// no readahead) per page written, and a failed write comes back as an
 /// error where a write through a map is a SIGBUS. The map sees written bytes
@@ -25,16 +26,23 @@ pub trait MapMut: Send + Sync {
     fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()>;
     /// Makes `offset..offset + len` durable (msync).
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()>;
-    /// Hint: few writes follow (a log segment the appends moved past): the
-    /// real backend closes its file handle, and writes the odd later one
-    /// through the map. Best effort.
-    fn close_writer(&mut self) {}
     /// Hint: `offset..offset + len` will rarely be read again (log records a
     /// replay or a catch-up has read): the real backend drops those pages
     /// from the process's resident memory. The page cache keeps them, dirty
     /// ones stay dirty (a later `sync_range` still writes them), and a later
     /// read faults them back in. Best effort.
     fn release(&mut self, _offset: usize, _len: usize) {}
+}
+
+/// Refuses a write past the end of a file of `file_len` bytes: the files
+/// have a fixed length, and a `pwrite` there would grow them.
+pub(crate) fn check_range(file_len: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|end| end > file_len) {
+        return Err(crate::Error::InvalidArgument(format!(
+            "write of {len} bytes at {offset} past the end of a file of {file_len}"
+        )));
+    }
+    Ok(())
 }
 
 /// File-system operations fsdb needs. Implementations: [`crate::MmapBackend`] (real files)

@@ -695,12 +695,6 @@ impl PartitionLog {
                 }
             }
         }
-        // Appends go to the last segment only; the others got their last
-        // watermark above and keep no file handle.
-        let older = self.segments.len().saturating_sub(1);
-        for seg in &mut self.segments[..older] {
-            seg.map.close_writer();
-        }
         if self.read_mapped.swap(false, Ordering::Relaxed) {
             for seg in &mut self.segments {
                 let len = seg.map.bytes().len();
@@ -788,6 +782,39 @@ impl<'a> Iterator for LogReader<'a> {
 mod tests {
     use super::*;
     use crate::MemBackend;
+
+    /// A watermark write that fails does not use up its sequence number:
+    /// the next one goes to the same slot, so the other slot keeps the last
+    /// watermark that was written, one below. (Counting the failed one, the
+    /// next write landed on that last valid slot, and a torn write there
+    /// would have left only an older watermark.)
+    #[test]
+    fn a_failed_watermark_write_leaves_the_last_valid_slot_alone() {
+        let backend = MemBackend::new();
+        let dir = Path::new("/p");
+        let mut log = PartitionLog::open(Arc::new(backend.clone()), dir, small()).unwrap();
+        log.append(Term(1), b"a").unwrap();
+        log.sync().unwrap();
+        log.append(Term(1), b"b").unwrap();
+        // The data's msync succeeds, the watermark's write fails.
+        backend.fail_after(Some(1));
+        assert!(log.sync().is_err());
+        backend.fail_after(None);
+        log.sync().unwrap();
+        drop(log);
+        let path = backend
+            .paths()
+            .into_iter()
+            .find(|p| p.starts_with(dir))
+            .unwrap();
+        let bytes = backend.read(&path).unwrap();
+        let seq = |slot: usize| {
+            let at = WM_OFFSET + slot * WM_LEN / 2;
+            u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+        };
+        let (a, b) = (seq(0), seq(1));
+        assert_eq!(a.abs_diff(b), 1, "slots hold watermarks {a} and {b}");
+    }
 
     fn small() -> LogConfig {
         LogConfig {

@@ -189,7 +189,7 @@ impl MapMut for MemMap {
     fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         lock(&self.state).op("write", &self.path)?;
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        crate::mmap::check_range(self.buf.len(), offset, len)?;
+        crate::backend::check_range(self.buf.len(), offset, len)?;
         let mut at = offset;
         for part in parts {
             self.buf[at..at + part.len()].copy_from_slice(part);

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use memmap2::{Mmap, MmapMut};
 
-use crate::backend::{Backend, Map, MapMut};
+use crate::backend::{check_range, Backend, Map, MapMut};
 use crate::{Error, Result};
 
 /// Real files: preallocated with `fallocate` and mapped with memmap2. A log
-/// segment keeps its fd while appends write it; every other fd is closed once
-/// mapped.
+/// segment keeps its fd, which writes go through (its map is only read, and
+/// msynced); a chunk file's fd is closed once mapped.
 ///
 /// Files under the data directory must not be truncated by another process while mapped
 /// (that would fault the mapping); tandem owns its data directory.
@@ -20,9 +20,10 @@ use crate::{Error, Result};
 pub struct MmapBackend;
 
 struct RwMap {
+    /// Writable only for `msync` (`flush_range`): nothing writes through it.
     map: MmapMut,
-    /// Writes go here (`pwrite`) until `close_writer`, then through the map.
-    file: Option<File>,
+    /// Writes go here (`pwritev`).
+    file: File,
 }
 
 struct RoMap {
@@ -42,20 +43,12 @@ impl MapMut for RwMap {
     fn write_at(&mut self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         check_range(self.map.len(), offset, len)?;
-        let Some(file) = &self.file else {
-            let mut at = offset;
-            for part in parts {
-                self.map[at..at + part.len()].copy_from_slice(part);
-                at += part.len();
-            }
-            return Ok(());
-        };
         // One call for a record's frame header and payload.
         let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let mut left = &mut slices[..];
         let mut at = offset;
         while !left.is_empty() {
-            let written = nix::sys::uio::pwritev(file, left, at as i64)
+            let written = nix::sys::uio::pwritev(&self.file, left, at as i64)
                 .map_err(|e| Error::io("write", "<mapped segment>", e.into()))?;
             if written == 0 {
                 let e = std::io::Error::from(std::io::ErrorKind::WriteZero);
@@ -65,9 +58,6 @@ impl MapMut for RwMap {
             at += written;
         }
         Ok(())
-    }
-    fn close_writer(&mut self) {
-        self.file = None;
     }
     fn sync_range(&mut self, offset: usize, len: usize) -> Result<()> {
         self.map
@@ -135,25 +125,14 @@ fn allocate(file: &File, path: &Path, len: u64) -> Result<()> {
     }
 }
 
-/// Writes must stay inside the file: a `pwrite` past its end would grow it.
-pub(crate) fn check_range(file_len: usize, offset: usize, len: usize) -> Result<()> {
-    if offset.checked_add(len).is_none_or(|end| end > file_len) {
-        return Err(Error::InvalidArgument(format!(
-            "write of {len} bytes at {offset} past the end of a file of {file_len}"
-        )));
-    }
-    Ok(())
-}
-
 fn map_rw(file: File, path: &Path) -> Result<Box<dyn MapMut>> {
     // SAFETY: the file lives in tandem's own data directory and is never truncated while
     // mapped (segments are only ever removed whole, after their map is dropped); all access
-    // goes through the bounds-checked slice memmap2 hands out.
+    // goes through the bounds-checked slice memmap2 hands out. The bytes under it change
+    // only through `write_at`, which takes `&mut self`, so no slice handed out by `bytes`
+    // is alive then.
     let map = unsafe { MmapMut::map_mut(&file) }.map_err(|e| Error::io("mmap", path, e))?;
-    Ok(Box::new(RwMap {
-        map,
-        file: Some(file),
-    }))
+    Ok(Box::new(RwMap { map, file }))
 }
 
 impl Backend for MmapBackend {

@@ -113,11 +113,12 @@ pub struct Node {
 }
 
 /// Partitions a node can hold without running short of file handles under a
-/// limit of this many: each partition's log keeps one (its active segment's).
+/// limit of this many: each log segment keeps one, and a busy partition has
+/// up to two segments between seals.
 const FDS_WANTED: u64 = 8192;
 
 /// Raises the soft limit on open files to the hard one, as a server that
-/// keeps a file handle per partition needs (a soft limit of 1 024 is common,
+/// keeps a file handle per log segment needs (a soft limit of 1 024 is common,
 /// and a node holds up to a thousand partitions). Warns when the hard limit
 /// is still low.
 fn raise_fd_limit() {
@@ -133,7 +134,7 @@ fn raise_fd_limit() {
     if raised < FDS_WANTED {
         tracing::warn!(
             limit = raised,
-            "the open-file limit is low: each partition's log keeps a file handle; raise it (ulimit -n {FDS_WANTED}, or LimitNOFILE= in a systemd unit)"
+            "the open-file limit is low: each log segment keeps a file handle; raise it (ulimit -n {FDS_WANTED}, or LimitNOFILE= in a systemd unit)"
         );
     }
 }

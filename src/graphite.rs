@@ -172,6 +172,7 @@ fn parse_marked<'a, B: Bits>(
 
 /// [`split_path`] of an untagged path whose dots are already found: the
 /// `depth`-th dot, or the last one when there are fewer.
+#[inline]
 fn cut_path<B: Bits>(path: &str, dots: B, depth: usize) -> Option<(&str, &str)> {
     if dots.is_zero() {
         return None;
@@ -648,25 +649,39 @@ impl<'a> Newlines<'a> {
     }
 }
 
+impl Newlines<'_> {
+    /// Moves to the next block; false at the end of the input. Out of line:
+    /// the common call, a line end in the current block, stays a few
+    /// instructions.
+    #[inline(never)]
+    fn refill(&mut self) -> bool {
+        if self.next_block >= self.input.len() {
+            return false;
+        }
+        self.block = self.next_block;
+        self.next_block += 64;
+        let block = &self.input[self.block..self.input.len().min(self.next_block)];
+        self.bits = match block.try_into() {
+            Ok(whole) => newline_bits(whole),
+            Err(_) => {
+                let mut padded = [0; 64];
+                padded[..block.len()].copy_from_slice(block);
+                newline_bits(&padded)
+            }
+        };
+        true
+    }
+}
+
 impl Iterator for Newlines<'_> {
     type Item = usize;
 
+    #[inline]
     fn next(&mut self) -> Option<usize> {
         while self.bits == 0 {
-            if self.next_block >= self.input.len() {
+            if !self.refill() {
                 return None;
             }
-            self.block = self.next_block;
-            self.next_block += 64;
-            let block = &self.input[self.block..self.input.len().min(self.next_block)];
-            self.bits = match block.try_into() {
-                Ok(whole) => newline_bits(whole),
-                Err(_) => {
-                    let mut padded = [0; 64];
-                    padded[..block.len()].copy_from_slice(block);
-                    newline_bits(&padded)
-                }
-            };
         }
         let at = self.block + self.bits.trailing_zeros() as usize;
         self.bits &= self.bits - 1;
@@ -708,6 +723,7 @@ fn emit(
     }
 }
 
+#[inline]
 fn trim_line_end(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }

@@ -42,9 +42,10 @@ pub(crate) struct SealedRef {
 /// it without following a pointer, and without a heap block of its own.
 pub(crate) type SealedRefs = smallvec::SmallVec<[SealedRef; 1]>;
 
-/// The write path's state of one series: two cache lines, aligned so that
-/// the CPU's adjacent-line prefetch brings both in together.
-#[repr(align(128))]
+/// The write path's state of one series: two cache lines, aligned to
+/// them. `repr(C)` keeps `newest` last, in the second line, so that
+/// [`Series::prefetch`] can name both lines.
+#[repr(C, align(128))]
 pub(crate) struct Series {
     /// Where the canonical key bytes (see series.rs) are in the
     /// partition's key arena: keys of series created together sit together,
@@ -68,6 +69,15 @@ impl Series {
             overlay: None,
             newest: i64::MIN,
         }
+    }
+
+    /// Starts loading both cache lines of the series' state. A prefetch of
+    /// the first line alone left the write stalling on `newest`, in the
+    /// second: the CPU's adjacent-line prefetch did not bring it along.
+    #[inline]
+    pub fn prefetch(&self) {
+        crate::prefetch::prefetch(self);
+        crate::prefetch::prefetch(&self.newest);
     }
 
     /// Starts loading the head chunk's end, where the next write goes.
@@ -257,6 +267,12 @@ mod tests {
             r.end_filtered(start, end);
         }
         assert_eq!(r.finish(), expected);
+    }
+
+    #[test]
+    fn a_series_state_is_two_cache_lines_and_prefetch_names_both() {
+        assert_eq!(std::mem::size_of::<Series>(), 128);
+        assert!(std::mem::offset_of!(Series, newest) >= 64);
     }
 
     #[test]

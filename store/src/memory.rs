@@ -124,7 +124,7 @@ impl Memory {
                     prefetch(key);
                 }
                 if let Some(series) = self.series.get(slot.id as usize) {
-                    prefetch(series);
+                    series.prefetch();
                 }
             }
             ids.clear();

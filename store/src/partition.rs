@@ -658,7 +658,7 @@ impl State {
                     (self.mem.sealed.get(id), self.mem.series.get(id))
                 {
                     prefetch(refs);
-                    prefetch(series);
+                    series.prefetch();
                 }
             }
             1 => {

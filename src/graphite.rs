@@ -239,21 +239,16 @@ impl<B: Bits> Marks<B> {
             return marks.below(len);
         }
         let mut marks = Marks::default();
-        let mut at = 0;
         // Bounds known at compile time: the loop is unrolled and every shift
         // is by a constant.
         for chunk in 0..B::WIDTH as usize / 16 {
-            if 16 * chunk + 16 > len {
+            let at = 16 * chunk;
+            let Some(bytes) = line.get(at..at + 16) else {
                 break;
-            }
-            at = 16 * chunk;
-            marks.or_at(
-                chunk_marks(line[at..at + 16].try_into().expect("16 bytes")),
-                at,
-            );
-            at += 16;
+            };
+            marks.or_at(chunk_marks(bytes.try_into().expect("16 bytes")), at);
         }
-        if at < len {
+        if len % 16 != 0 {
             // The last sixteen bytes again: the bytes seen twice give the
             // same bits twice, so or-ing them in is harmless.
             let from = len - 16;
@@ -647,9 +642,7 @@ impl<'a> Newlines<'a> {
             bits: 0,
         }
     }
-}
 
-impl Newlines<'_> {
     /// Moves to the next block; false at the end of the input. Out of line:
     /// the common call, a line end in the current block, stays a few
     /// instructions.

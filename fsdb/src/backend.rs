@@ -12,8 +12,9 @@ pub trait Map: Send + Sync {
 
 /// A memory-mapped file of fixed length that is written at offsets. Reads go
 /// through the map; writes go through the file (`pwrite` on a descriptor
-/// kept open; the real backend maps the file read-only):
-/// the kernel then copies them into its page cache, with no page fault (and
+/// kept open; the real backend's map is writable only so that `msync`
+/// works, and nothing writes through it): the kernel then copies them into
+/// its page cache, with no page fault (and
 /// no readahead) per page written, and a failed write comes back as an
 /// error where a write through a map is a SIGBUS. The map sees written bytes
 /// at once (one page cache). Written bytes survive a process kill; only

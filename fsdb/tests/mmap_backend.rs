@@ -130,7 +130,7 @@ fn chunk_files_on_real_files() {
 /// or not yet (a sync every 150 KB), read back intact, before and after a
 /// reopen.
 #[test]
-fn records_released_from_memory_read_back_intact() {
+fn records_written_through_the_file_read_back_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("p3");
     let config = LogConfig {
